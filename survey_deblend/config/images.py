@@ -19,3 +19,21 @@ class ImagesConfig:
     retries: int = 4
     backoff_s: float = 1.0
     cache_dir: Path | None = None  # on-disk cache of fetched cutouts; default under the output folder
+    # Pixel scale of the stamps; None: the tiles' own (tiles) or DES's from surveycodex (SIA).
+    pixel_scale_arcsec: float | None = None
+    # SIA: cut through the service's /svc/cutout endpoint; False downloads whole tiles via access_url (cached).
+    use_cutout_service: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("images.concurrency must be at least 1")
+        if self.timeout_s <= 0:
+            raise ValueError("images.timeout_s must be positive")
+        if self.retries < 0:
+            raise ValueError("images.retries must be 0 or more")
+        if self.backoff_s < 0:
+            raise ValueError("images.backoff_s must be 0 or more")
+        if not self.bands:
+            raise ValueError("images.bands must name at least one band")
+        if self.pixel_scale_arcsec is not None and self.pixel_scale_arcsec <= 0:
+            raise ValueError("images.pixel_scale_arcsec must be positive")

@@ -1,0 +1,100 @@
+"""The cutout contract: a batch of multi-band stamps with a band mask and a status per row, and the source ABC.
+
+Stamps are float32 ``(N, B, S, S)``, sky-subtracted, in the source's flux units, north up and west to the right
+(+x = West, +y = North; DESIGN.md, "Conventions").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from survey_deblend.cutouts import status as st
+
+STATUS_WIDTH = 24  # characters of the status array's dtype
+
+
+@dataclass
+class CutoutBatch:
+    """Stamps for N rows: ``images`` (N, B, S, S) float32, ``band_mask`` (N, B) bool, ``status`` (N,) str."""
+
+    images: np.ndarray
+    band_mask: np.ndarray
+    status: np.ndarray
+    bands: tuple[str, ...]
+    pixel_scale_arcsec: float
+
+    def __post_init__(self) -> None:
+        # wide enough for every status, so that assigning a longer one later never truncates it
+        status = np.asarray(self.status, dtype=str).reshape(-1)
+        self.status = status.astype(f"<U{max(STATUS_WIDTH, status.dtype.itemsize // 4)}")
+        n = len(self.status)
+        if self.images.ndim != 4 or self.images.shape[:2] != (n, len(self.bands)):
+            raise ValueError(f"images shape {self.images.shape} does not match {n} rows x {len(self.bands)} bands")
+        if self.band_mask.shape != (n, len(self.bands)):
+            raise ValueError(f"band_mask shape {self.band_mask.shape} does not match images {self.images.shape}")
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    @property
+    def stamp_size(self) -> int:
+        """Side of a stamp in pixels."""
+        return int(self.images.shape[-1])
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Boolean (N,): rows whose stamp can go to inference (``ok`` or ``padded``)."""
+        return np.isin(self.status, list(st.USABLE))
+
+    def status_counts(self) -> dict[str, int]:
+        """How many rows ended with each status (only statuses that occur)."""
+        return dict(sorted(Counter(str(s) for s in self.status).items()))
+
+    @classmethod
+    def empty(
+        cls, n: int, bands: tuple[str, ...], size_pix: int, pixel_scale_arcsec: float, status: str = st.NO_COVERAGE
+    ) -> CutoutBatch:
+        """N zero stamps, every mask bit cleared, every row with ``status``."""
+        return cls(
+            images=np.zeros((n, len(bands), size_pix, size_pix), dtype=np.float32),
+            band_mask=np.zeros((n, len(bands)), dtype=bool),
+            status=np.full(n, status, dtype=f"<U{STATUS_WIDTH}"),
+            bands=tuple(bands),
+            pixel_scale_arcsec=float(pixel_scale_arcsec),
+        )
+
+    @classmethod
+    def concat(cls, batches: list[CutoutBatch]) -> CutoutBatch:
+        """Rows of several batches with the same bands and pixel scale, in order."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        first = batches[0]
+        for other in batches[1:]:
+            if other.bands != first.bands or other.pixel_scale_arcsec != first.pixel_scale_arcsec:
+                raise ValueError("cannot concatenate batches with different bands or pixel scales")
+        return cls(
+            images=np.concatenate([b.images for b in batches]),
+            band_mask=np.concatenate([b.band_mask for b in batches]),
+            status=np.concatenate([b.status for b in batches]),
+            bands=first.bands,
+            pixel_scale_arcsec=first.pixel_scale_arcsec,
+        )
+
+
+class CutoutSource(ABC):
+    """Where stamps come from. Implementations must pickle cheaply: they travel to Dask workers."""
+
+    bands: tuple[str, ...]
+    pixel_scale_arcsec: float
+
+    @abstractmethod
+    def locality_keys(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """A string per position; rows sharing a key are cheapest to fetch together (one read serves them)."""
+
+    @abstractmethod
+    def fetch(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> CutoutBatch:
+        """Stamps of ``size_pix`` pixels at the source's pixel scale, north up, west right; never raises for a row."""

@@ -1,0 +1,97 @@
+"""The CutoutBatch contract, status combination, ImagesConfig checks, and the serve-sia command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from survey_deblend.cli import build_parser
+from survey_deblend.config.images import ImagesConfig
+from survey_deblend.config.loader import from_mapping
+from survey_deblend.cutouts import CutoutBatch
+from survey_deblend.cutouts import status as st
+from survey_deblend.errors import ConfigError
+
+
+def test_band_statuses_combine_into_one_row_status():
+    assert st.combine_band_statuses([st.OK, st.NO_COVERAGE, st.OK]) == st.OK
+    assert st.combine_band_statuses([st.OK, st.PADDED]) == st.PADDED
+    assert st.combine_band_statuses([st.NO_COVERAGE, st.NO_COVERAGE]) == st.NO_COVERAGE
+    assert st.combine_band_statuses([st.OK, st.ERROR_TIMEOUT, st.PADDED]) == st.ERROR_TIMEOUT
+    assert st.USABLE == {"ok", "padded"}
+    assert st.FAILURES.isdisjoint(st.USABLE) and st.NO_COVERAGE not in st.FAILURES
+
+
+def test_batch_counts_usable_rows_and_concatenates():
+    a = CutoutBatch.empty(3, ("g", "r"), 5, 0.2637, status=st.OK)
+    a.status[1] = st.ERROR_HTTP
+    b = CutoutBatch.empty(2, ("g", "r"), 5, 0.2637)
+    both = CutoutBatch.concat([a, b])
+    assert len(both) == 5 and both.stamp_size == 5 and both.images.dtype == np.float32
+    assert both.status_counts() == {st.ERROR_HTTP: 1, st.NO_COVERAGE: 2, st.OK: 2}
+    assert list(both.usable) == [True, False, True, False, False]
+    with pytest.raises(ValueError, match="different bands"):
+        CutoutBatch.concat([a, CutoutBatch.empty(1, ("g",), 5, 0.2637)])
+    with pytest.raises(ValueError, match="band_mask shape"):
+        CutoutBatch(a.images, a.band_mask[:, :1], a.status, a.bands, 0.2637)
+
+
+def test_images_config_rejects_bad_manners():
+    assert from_mapping(ImagesConfig, {"concurrency": 8, "bands": ["g", "r"]}).bands == ("g", "r")
+    with pytest.raises(ConfigError, match="concurrency"):
+        from_mapping(ImagesConfig, {"concurrency": 0}, "images")
+    with pytest.raises(ConfigError, match="timeout_s"):
+        from_mapping(ImagesConfig, {"timeout_s": -1.0}, "images")
+
+
+def test_serve_sia_is_registered():
+    args = build_parser().parse_args(["serve-sia", "--tiles", "t", "--port", "0", "--error-rate", "0.1"])
+    assert args.tiles == "t" and args.port == 0 and args.error_rate == 0.1 and callable(args.func)
+
+
+def test_serve_sia_command_serves_tiles(field):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "survey_deblend", "serve-sia", "--tiles", str(field.std), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = None
+        deadline = time.monotonic() + 30
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("SIA: "):
+                url = line.split()[1]
+            elif not line and proc.poll() is not None:
+                break
+        assert url is not None, proc.stderr.read()
+        ra, dec = field.radec("round")
+        answer = requests.get(url, params={"POS": f"{ra[0]},{dec[0]}", "SIZE": "0.01"}, timeout=10)
+        assert answer.status_code == 200 and b"access_url" in answer.content
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_sia_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from survey_deblend.cli import main
+
+    assert main(["serve-sia", "--tiles", str(tmp_path / "nope"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"survey-deblend serve-sia: error: {tmp_path / 'nope'}: tile directory not found"
+    assert main(["serve-sia", "--tiles", str(tmp_path), "--error-rate", "1.5"]) == 2
+    assert "fault rates must be probabilities" in capsys.readouterr().err
+
+
+def test_synthetic_pixel_scale_is_the_surveycodex_one():
+    import surveycodex
+
+    from survey_deblend.cutouts.sia import des_pixel_scale_arcsec
+    from survey_deblend.cutouts.synthetic import DES_PIXEL_SCALE_ARCSEC
+
+    assert DES_PIXEL_SCALE_ARCSEC == surveycodex.get_survey("DES").pixel_scale.to_value("arcsec")
+    assert des_pixel_scale_arcsec() == DES_PIXEL_SCALE_ARCSEC
