@@ -17,6 +17,10 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.output.out == tmp_path
 
 
+def test_exponent_without_dot_is_a_number():
+    assert load(RunConfig, None, ["catalog.cuts.snr_w_min=1e9"]).catalog.cuts.snr_w_min == 1e9
+
+
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("catalog:\n  cuts:\n    snr_min: 20\n")

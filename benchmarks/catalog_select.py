@@ -1,0 +1,105 @@
+"""Benchmark of the catalog stage: select + ID match on synthetic im3shape and gold catalogs.
+
+For each size it writes synthetic catalogs (im3shape with ``rows`` rows, gold with about as many) to a
+temporary folder, then runs ``select_galaxies`` in a fresh subprocess so that generation does not pollute
+the memory figure, and prints one JSON line per (size, scheduler):
+``rows`` (im3shape rows), ``rows_per_s`` (im3shape rows per second of select + match, imports excluded),
+``peak_rss_mb`` (peak resident memory of that subprocess), plus context keys.
+
+    .venv/bin/python benchmarks/catalog_select.py            # 1 M and 5 M rows, threads and synchronous
+    .venv/bin/python benchmarks/catalog_select.py --quick    # small sizes, same keys, well under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: per address space, so not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: includes the parent's
+
+
+def measure(shear: str, gold: str, scheduler: str, chunk_rows: int) -> dict:
+    """Run one selection in this process and return its figures (called in the child process).
+
+    A first selection on a tiny catalog pays the one-off costs (lazy imports, first Dask graph) before the clock
+    starts; they are reported as ``startup_s``, the same at any size.
+    """
+    from survey_deblend.catalog import select_galaxies
+    from survey_deblend.catalog.synthetic import write_catalogs
+    from survey_deblend.config.catalog import CatalogConfig
+
+    with tempfile.TemporaryDirectory(prefix="catalog-warmup-") as tmp:
+        tiny = write_catalogs(tmp, n=2000, seed=1)
+        start = time.perf_counter()
+        select_galaxies(CatalogConfig(shear=tiny.im3shape, gold=tiny.gold, scheduler=scheduler))
+        startup_s = time.perf_counter() - start
+    baseline_mb = peak_rss_mb()
+    cfg = CatalogConfig(shear=Path(shear), gold=Path(gold), chunk_rows=chunk_rows, scheduler=scheduler)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    selection = select_galaxies(cfg)
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    return {
+        "rows": selection.cut_flow.rows_in,
+        "rows_per_s": round(selection.cut_flow.rows_in / seconds),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "baseline_rss_mb": round(baseline_mb, 1),
+        "seconds": round(seconds, 3),
+        "startup_s": round(startup_s, 3),
+        "cpu_s": round(cpu_s, 3),  # CPU seconds of all threads; with "synchronous", ~ the wall time when idle
+        "selected": len(selection.table),
+        "scheduler": scheduler,
+        "chunk_rows": chunk_rows,
+    }
+
+
+def run_size(rows: int, schedulers: list[str], chunk_rows: int, seed: int) -> None:
+    from survey_deblend.catalog.synthetic import write_catalogs
+
+    with tempfile.TemporaryDirectory(prefix="catalog-bench-") as tmp:
+        paths = write_catalogs(tmp, n=rows, seed=seed)
+        input_mb = (paths.im3shape.stat().st_size + paths.gold.stat().st_size) / 2**20
+        for scheduler in schedulers:
+            child = subprocess.run(
+                [sys.executable, __file__, "--child", str(paths.im3shape), str(paths.gold), scheduler, str(chunk_rows)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            result["input_mb"] = round(input_mb, 1)
+            print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small catalogs (same keys), under a minute")
+    parser.add_argument("--sizes", type=int, nargs="+", help="im3shape rows per measurement")
+    parser.add_argument("--schedulers", nargs="+", default=["threads", "synchronous"])
+    parser.add_argument("--chunk-rows", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        shear, gold, scheduler, chunk_rows = args.child
+        print(json.dumps(measure(shear, gold, scheduler, int(chunk_rows))))
+        return
+    sizes = args.sizes or ([100_000, 500_000] if args.quick else [1_000_000, 5_000_000])
+    chunk_rows = min(args.chunk_rows, 125_000) if args.quick else args.chunk_rows
+    for rows in sizes:
+        run_size(rows, args.schedulers, chunk_rows, args.seed)
+
+
+if __name__ == "__main__":
+    main()
