@@ -1,0 +1,223 @@
+"""The Predictor: a checkpoint loaded once, batched prediction on one device (DESIGN.md, "inference").
+
+Numpy in, pandas out, no Dask. Raw stamps in the source's flux units go through ``preprocess`` (band mapping,
+unit conversion, resampling, normalization, all from the checkpoint metadata), the deblender encoder and the
+regressor; optionally the decoder, whose reconstruction is measured with GalSim's PSF-corrected HSM (the
+"VAE approach": ``e1_recon``, ``e2_recon`` in the shear convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from survey_deblend import preprocess
+from survey_deblend.errors import InputError, SurveyDeblendError
+from survey_deblend.models.checkpoint import Checkpoint, file_hash, load_checkpoint
+
+PREDICTION_COLUMNS = ("e1_pred", "e2_pred", "e_sigma_pred", "z_pred", "z_sigma_pred", "e1_recon", "e2_recon")
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint shipped in the package, ``survey_deblend/weights/deblender.pt``."""
+    path = Path(str(resources.files("survey_deblend") / "weights" / "deblender.pt"))
+    if not path.is_file():
+        raise SurveyDeblendError(f"{path}: the shipped checkpoint is missing (run 'survey-deblend train all')")
+    return path
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """A trained deblender and regressor on one device; ``predict`` maps raw stamps to a DataFrame."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        model_id: str,
+        device: str | None = None,
+        bf16: bool = False,
+        compile: bool = False,
+        batch_size: int = 1024,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.metadata: dict[str, Any] = checkpoint.metadata
+        self.model_id = model_id
+        self.device = _pick_device(device)
+        self.batch_size = int(batch_size)
+        # bf16 autocast and torch.compile only where they pay: CUDA. On CPU they are quietly off.
+        self.bf16 = bool(bf16) and self.device.type == "cuda"
+        self.encoder = checkpoint.build("deblender").to(self.device)
+        self.regressor = checkpoint.build("regressor").to(self.device)
+        self.decoder = checkpoint.build("decoder").to(self.device) if "decoder" in checkpoint.state else None
+        if self.device.type == "cpu":
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+        self._encode = self._encode_eager
+        if compile and self.device.type == "cuda":
+            self._encode = torch.compile(self._encode_eager, dynamic=False)
+        self.model_bands: tuple[str, ...] = tuple(self.metadata["bands"])
+        self.pixel_scale: float = float(self.metadata["pixel_scale_arcsec"])
+        self.stamp_size: int = int(self.metadata["stamp_size"])
+        self.m_b = np.asarray(self.metadata["m_b"], dtype=np.float32)
+        self.beta = float(self.metadata["beta"])
+        self._psf_images: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path | None = None,
+        device: str | None = None,
+        bf16: bool = False,
+        compile: bool = False,
+        batch_size: int = 1024,
+    ) -> Predictor:
+        """Load ``path`` (None: the shipped checkpoint) once; ``model_id`` is a hash of the file."""
+        path = default_checkpoint() if path is None else Path(path)
+        checkpoint = load_checkpoint(path)
+        return cls(checkpoint, file_hash(path), device=device, bf16=bf16, compile=compile, batch_size=batch_size)
+
+    def source_stamp_size(self, pixel_scale: float) -> int:
+        """Odd stamp size, in pixels of ``pixel_scale`` arcsec, to fetch so that it covers the model stamp."""
+        return preprocess.source_stamp_size(pixel_scale, self.pixel_scale, self.stamp_size)
+
+    def prepare(
+        self,
+        images: np.ndarray,
+        bands: Sequence[str],
+        pixel_scale: float,
+        band_mask: np.ndarray | None = None,
+        zeropoint: float | None = None,
+        dynamic_range: str = "physical",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw source stamps to normalized model-frame stamps ``(N, 6, 45, 45)`` and the band mask.
+
+        ``dynamic_range="physical"`` converts units with surveycodex facts only; ``"match"`` also rescales
+        each band so that the batch's median per-image maximum equals the training one.
+        """
+        frame = preprocess.SourceFrame.infer(bands, pixel_scale, zeropoint)
+        images, mask = preprocess.map_bands(images, frame.bands, band_mask, self.model_bands)
+        if not np.isfinite(np.sum(images, dtype=np.float64)):  # one pass, no boolean copy
+            raise InputError("stamps: contain NaN or infinite pixels (mark the band absent in band_mask instead)")
+        if frame.zeropoint is not None:
+            factors = preprocess.flux_conversion_factors(frame.zeropoint, self.metadata.get("survey", "LSST"))
+            images = images * factors.reshape(1, -1, 1, 1).astype(np.float32)
+        images = preprocess.resample_flux(images, frame.pixel_scale_arcsec, self.pixel_scale, self.stamp_size)
+        if dynamic_range == "match":
+            stats = self.metadata.get("train_stats", {}).get("median_max", self.metadata["m_b"])
+            images, _ = preprocess.match_dynamic_range(images, mask, stats)
+        elif dynamic_range != "physical":
+            raise InputError(f"dynamic_range: expected 'physical' or 'match', got {dynamic_range!r}")
+        return preprocess.normalize(images, self.m_b, self.beta), mask
+
+    def _encode_eager(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, _ = self.encoder(x, mask)
+        return mu, self.regressor(mu)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def encode_normalized(
+        self, normed: np.ndarray, mask: np.ndarray, decode: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Run the networks on normalized stamps in batches: ``(latent, regressor output, reconstruction)``."""
+        latents, outputs, recons = [], [], []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(normed), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(normed[start : start + self.batch_size])).to(self.device)
+                if self.device.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                m = torch.from_numpy(mask[start : start + self.batch_size]).to(self.device, torch.float32)
+                mu, out = self._encode(x, m)
+                latents.append(mu.float().cpu().numpy())
+                outputs.append(out.float().cpu().numpy())
+                if decode:
+                    if self.decoder is None:
+                        raise SurveyDeblendError("checkpoint has no decoder: cannot reconstruct")
+                    recons.append(self.decoder(mu).float().cpu().numpy())
+        n_lat = int(self.metadata["latent_dim"])
+        latent = np.concatenate(latents) if latents else np.zeros((0, n_lat), np.float32)
+        output = np.concatenate(outputs) if outputs else np.zeros((0, 5), np.float32)
+        recon = (np.concatenate(recons) if recons else np.zeros((0, *normed.shape[1:]), np.float32)) if decode else None
+        return latent, output, recon
+
+    def reconstruct(
+        self, images: np.ndarray, bands: Sequence[str], pixel_scale: float, band_mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The deblended isolated central galaxy in the model frame and the model survey's flux units."""
+        normed, mask = self.prepare(images, bands, pixel_scale, band_mask)
+        _, _, recon = self.encode_normalized(normed, mask, decode=True)
+        return preprocess.denormalize(recon, self.m_b, self.beta)
+
+    def psf_image(self, band: str = "i") -> np.ndarray:
+        """The model survey's PSF in ``band`` drawn at the model pixel scale (for HSM on reconstructions)."""
+        if band not in self._psf_images:
+            import galsim
+
+            survey = self.metadata.get("survey", "LSST")
+            try:
+                from survey_deblend.sim.psf import psf_for
+
+                psf = psf_for(survey, band)
+            except ImportError:
+                fwhm = float(self.metadata.get("psf_fwhm_arcsec", {}).get(band, 0.8))
+                psf = galsim.Moffat(beta=3.5, fwhm=fwhm)
+            image = psf.drawImage(nx=self.stamp_size, ny=self.stamp_size, scale=self.pixel_scale)
+            self._psf_images[band] = image.array
+        return self._psf_images[band]
+
+    def measure_reconstruction(self, recon_flux: np.ndarray, band: str = "i") -> tuple[np.ndarray, np.ndarray]:
+        """PSF-corrected HSM shapes (shear convention) of reconstructions in flux units; failures are NaN."""
+        from survey_deblend.shapes import measure_hsm_batch
+
+        b = self.model_bands.index(band)
+        return measure_hsm_batch(recon_flux[:, b], self.psf_image(band), self.pixel_scale)
+
+    def predict(
+        self,
+        images: np.ndarray,
+        bands: Sequence[str],
+        pixel_scale: float,
+        band_mask: np.ndarray | None = None,
+        return_latent: bool = False,
+        measure_recon: bool = True,
+        zeropoint: float | None = None,
+        dynamic_range: str = "physical",
+    ) -> pd.DataFrame:
+        """Predict shapes and redshifts for raw stamps ``(N, B, S, S)``; one row per stamp, in input order.
+
+        Columns ``e1_pred, e2_pred, e_sigma_pred, z_pred, z_sigma_pred, e1_recon, e2_recon`` (the recon shapes
+        are NaN when ``measure_recon`` is False or HSM fails) and ``latent_00..`` when ``return_latent``.
+        """
+        normed, mask = self.prepare(images, bands, pixel_scale, band_mask, zeropoint, dynamic_range)
+        latent, out, recon = self.encode_normalized(normed, mask, decode=measure_recon)
+        frame = pd.DataFrame(
+            {
+                "e1_pred": out[:, 0].astype(np.float64),
+                "e2_pred": out[:, 1].astype(np.float64),
+                "e_sigma_pred": np.exp(out[:, 2].astype(np.float64)),
+                "z_pred": out[:, 3].astype(np.float64),
+                "z_sigma_pred": np.exp(out[:, 4].astype(np.float64)),
+            }
+        )
+        if measure_recon and len(frame):
+            e1, e2 = self.measure_reconstruction(preprocess.denormalize(recon, self.m_b, self.beta))
+        else:
+            e1 = e2 = np.full(len(frame), np.nan)
+        frame["e1_recon"], frame["e2_recon"] = e1, e2
+        if return_latent:
+            for k in range(latent.shape[1]):
+                frame[f"latent_{k:02d}"] = latent[:, k].astype(np.float64)
+        return frame

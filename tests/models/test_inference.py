@@ -1,0 +1,121 @@
+"""The Predictor: output columns, batch-size invariance, determinism, DES inputs, stamp-size helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from survey_deblend.errors import InputError, SurveyDeblendError
+from survey_deblend.inference import PREDICTION_COLUMNS, Predictor
+from survey_deblend.preprocess import flux_conversion_factors
+
+
+@pytest.fixture(scope="module")
+def lsst_stamps(tiny_dataset) -> np.ndarray:
+    from survey_deblend.sim.dataset import open_dataset
+
+    return open_dataset(tiny_dataset).read("blend", np.arange(40))
+
+
+def test_predict_columns_and_types(untrained_checkpoint, lsst_stamps):
+    pred = Predictor.from_checkpoint(untrained_checkpoint, device="cpu")
+    out = pred.predict(lsst_stamps[:6], ("u", "g", "r", "i", "z", "y"), 0.2, return_latent=True)
+    assert isinstance(out, pd.DataFrame) and len(out) == 6
+    assert list(out.columns[: len(PREDICTION_COLUMNS)]) == list(PREDICTION_COLUMNS)
+    assert [c for c in out.columns if c.startswith("latent_")] == [f"latent_{k:02d}" for k in range(32)]
+    assert (out["e_sigma_pred"] > 0).all() and (out["z_sigma_pred"] > 0).all()
+    assert np.isfinite(out[["e1_pred", "e2_pred", "z_pred"]].to_numpy()).all()
+    assert len(pred.model_id) == 16 and pred.metadata["bands"] == ["u", "g", "r", "i", "z", "y"]
+
+
+def test_batch_size_invariance_and_determinism(untrained_checkpoint, lsst_stamps):
+    bands = ("u", "g", "r", "i", "z", "y")
+    big = Predictor.from_checkpoint(untrained_checkpoint, device="cpu", batch_size=1024)
+    small = Predictor.from_checkpoint(untrained_checkpoint, device="cpu", batch_size=7)
+    a = big.predict(lsst_stamps, bands, 0.2, measure_recon=False, return_latent=True)
+    b = small.predict(lsst_stamps, bands, 0.2, measure_recon=False, return_latent=True)
+    c = big.predict(lsst_stamps, bands, 0.2, measure_recon=False, return_latent=True)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(a.to_numpy(), c.to_numpy())
+    # each row depends on its own stamp only
+    single = big.predict(lsst_stamps[5:6], bands, 0.2, measure_recon=False)
+    np.testing.assert_allclose(single.iloc[0].to_numpy(), a.iloc[5][single.columns].to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_recon_shapes_measured_only_when_asked(untrained_checkpoint, lsst_stamps):
+    pred = Predictor.from_checkpoint(untrained_checkpoint, device="cpu")
+    off = pred.predict(lsst_stamps[:3], ("u", "g", "r", "i", "z", "y"), 0.2, measure_recon=False)
+    assert off[["e1_recon", "e2_recon"]].isna().all().all()
+    recon = pred.reconstruct(lsst_stamps[:3], ("u", "g", "r", "i", "z", "y"), 0.2)
+    assert recon.shape == (3, 6, 45, 45) and np.isfinite(recon).all()
+
+
+def test_des_stamps_are_mapped_resampled_and_u_masked(untrained_checkpoint, lsst_stamps):
+    pred = Predictor.from_checkpoint(untrained_checkpoint, device="cpu")
+    size = pred.source_stamp_size(0.2637)
+    assert size == 35
+    des = np.random.default_rng(0).normal(0, 1, (4, 5, size, size)).astype(np.float32)
+    normed, mask = pred.prepare(des, ("g", "r", "i", "z", "Y"), 0.2637)
+    assert normed.shape == (4, 6, 45, 45) and not mask[:, 0].any() and mask[:, 1:].all()
+    assert np.all(normed[:, 0] == 0)
+    out = pred.predict(des, ("g", "r", "i", "z", "Y"), 0.2637, measure_recon=False)
+    assert len(out) == 4 and np.isfinite(out["e1_pred"]).all()
+    # the same galaxy as DES units at zeropoint 30 and as LSST electrons lands on the same model input
+    lsst = lsst_stamps[:2, 1:]  # grizy in LSST electrons at 0.2"
+    factors = flux_conversion_factors(30.0, "LSST")[1:]
+    as_des = lsst / factors[None, :, None, None].astype(np.float32)
+    n1, _ = pred.prepare(lsst, ("g", "r", "i", "z", "y"), 0.2)
+    n2, _ = pred.prepare(as_des, ("g", "r", "i", "z", "Y"), 0.2, zeropoint=30.0)
+    np.testing.assert_allclose(n1, n2, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs_raise_one_line_errors(untrained_checkpoint, lsst_stamps, tmp_path):
+    pred = Predictor.from_checkpoint(untrained_checkpoint, device="cpu")
+    bad = lsst_stamps[:2].copy()
+    bad[0, 2, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        pred.predict(bad, ("u", "g", "r", "i", "z", "y"), 0.2)
+    with pytest.raises(InputError, match="dynamic_range"):
+        pred.predict(lsst_stamps[:2], ("u", "g", "r", "i", "z", "y"), 0.2, dynamic_range="magic")
+    with pytest.raises(SurveyDeblendError, match="not found"):
+        Predictor.from_checkpoint(tmp_path / "missing.pt")
+    empty = pred.predict(lsst_stamps[:0], ("u", "g", "r", "i", "z", "y"), 0.2)
+    assert len(empty) == 0 and list(empty.columns) == list(PREDICTION_COLUMNS)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_and_compile_agree_with_fp32(untrained_checkpoint, lsst_stamps):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    bands = ("u", "g", "r", "i", "z", "y")
+    cpu = Predictor.from_checkpoint(untrained_checkpoint, device="cpu").predict(lsst_stamps, bands, 0.2,
+                                                                                measure_recon=False)
+    fast = Predictor.from_checkpoint(untrained_checkpoint, device="cuda", bf16=True, compile=True)
+    assert fast.bf16
+    out = fast.predict(lsst_stamps, bands, 0.2, measure_recon=False)
+    np.testing.assert_allclose(out["e1_pred"], cpu["e1_pred"], atol=2e-2)
+    np.testing.assert_allclose(out["z_pred"], cpu["z_pred"], atol=2e-2)
+
+
+def test_bf16_and_compile_are_quietly_off_on_cpu(untrained_checkpoint, lsst_stamps):
+    pred = Predictor.from_checkpoint(untrained_checkpoint, device="cpu", bf16=True, compile=True)
+    assert not pred.bf16
+    out = pred.predict(lsst_stamps[:4], ("u", "g", "r", "i", "z", "y"), 0.2, measure_recon=False)
+    assert len(out) == 4
+
+
+def test_shipped_checkpoint_is_trained_small_and_usable():
+    from survey_deblend.inference import default_checkpoint
+
+    path = default_checkpoint()
+    assert path.stat().st_size <= 20 * 1024**2
+    pred = Predictor.from_checkpoint(device="cpu")
+    meta = pred.metadata
+    assert meta["trained"] and meta["training_data"]["n_train"] > 1000
+    assert 0 < meta["metrics"]["all_bands_snr_gt_20"]["rmse_e"] < 0.2
+    des = np.random.default_rng(1).normal(0, 0.5, (3, 5, 35, 35)).astype(np.float32)
+    out = pred.predict(des, ("g", "r", "i", "z", "Y"), 0.2637)
+    assert list(out.columns) == list(PREDICTION_COLUMNS) and np.isfinite(out["e1_pred"]).all()
