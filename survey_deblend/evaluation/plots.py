@@ -1,0 +1,168 @@
+"""PNG figures of the report (matplotlib, Agg): 2-D histograms, residuals, |e| distributions, a gallery.
+
+Each function writes one PNG and returns its path; axes carry labels and units. Ellipticities are
+dimensionless, in the shear convention (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+__all__ = ["e_distribution", "gallery", "pred_vs_ref", "residual_hist", "residuals_vs_snr"]
+
+E_LABEL = "(shear convention, dimensionless)"
+DPI = 90
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)  # the figures use layout="tight"; bbox_inches="tight" would lay out twice
+    plt.close(fig)
+    return path
+
+
+def _finite_pairs(*arrays: np.ndarray) -> list[np.ndarray]:
+    arrs = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
+    keep = np.logical_and.reduce([np.isfinite(a) for a in arrs])
+    return [a[keep] for a in arrs]
+
+
+def pred_vs_ref(e1p, e2p, e1r, e2r, path: Path, est_name: str, ref_name: str, fits: dict | None = None) -> Path:
+    """Estimate against reference e1 and e2 as a 2-D histogram (log counts) with the 1:1 and fitted lines."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="tight")
+    lim = 0.8
+    edges = np.linspace(-lim, lim, 61)
+    for k, (ax, p, r) in enumerate(zip(axes, (e1p, e2p), (e1r, e2r), strict=True), start=1):
+        p, r = _finite_pairs(p, r)
+        counts, _, _ = np.histogram2d(r, p, bins=(edges, edges))
+        if counts.max() > 0:
+            img = ax.imshow(np.ma.masked_equal(counts.T, 0), origin="lower", extent=(-lim, lim, -lim, lim),
+                            norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)), cmap="viridis", aspect="auto",
+                            interpolation="nearest")
+            fig.colorbar(img, ax=ax, label="galaxies per cell")
+        ax.plot([-lim, lim], [-lim, lim], "k--", lw=1, label="1:1")
+        if fits and np.isfinite(fits.get(f"m{k}", np.nan)):
+            m, c = fits[f"m{k}"], fits[f"c{k}"]
+            xs = np.array([-lim, lim])
+            ax.plot(xs, (1 + m) * xs + c, "r-", lw=1.2, label=f"fit: 1+m = {1 + m:.3f}, c = {c:+.4f}")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_xlabel(f"{ref_name} e{k} {E_LABEL}")
+        ax.set_ylabel(f"{est_name} e{k} {E_LABEL}")
+        ax.set_title(f"e{k}: {est_name} vs {ref_name} (N = {p.size})")
+        ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def residual_hist(e1p, e2p, e1r, e2r, path: Path, est_name: str, ref_name: str) -> Path:
+    """Histograms of the residuals estimate - reference for both components."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.4), layout="tight")
+    bins = np.linspace(-1, 1, 81)
+    for k, (p, r) in enumerate(((e1p, e1r), (e2p, e2r)), start=1):
+        p, r = _finite_pairs(p, r)
+        d = p - r
+        label = f"e{k}: median {np.median(d):+.4f}, std {np.std(d):.4f}" if d.size else f"e{k}: no data"
+        ax.hist(np.clip(d, -1, 1), bins=bins, histtype="step", lw=1.5, label=label)
+    ax.set_xlabel(f"{est_name} - {ref_name} {E_LABEL}")
+    ax.set_ylabel("galaxies per bin")
+    ax.set_title(f"Residuals: {est_name} - {ref_name}")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def residuals_vs_snr(e1p, e2p, e1r, e2r, snr, path: Path, est_name: str, ref_name: str) -> Path:
+    """Median and 16-84 % band of the residuals in logarithmic bins of SNR_W."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.4), layout="tight")
+    for k, (p, r) in enumerate(((e1p, e1r), (e2p, e2r)), start=1):
+        p, r, s = _finite_pairs(p, r, snr)
+        s_pos = s > 0
+        p, r, s = p[s_pos], r[s_pos], s[s_pos]
+        if s.size == 0:
+            continue
+        d = p - r
+        top = max(s.max(), s.min() * 1.01) * 1.0001
+        edges = np.geomspace(s.min(), top, 9)
+        idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, edges.size - 2)
+        centres, med, lo, hi = [], [], [], []
+        for b in range(edges.size - 1):
+            sel = d[idx == b]
+            if sel.size:
+                centres.append(np.sqrt(edges[b] * edges[b + 1]))
+                q = np.percentile(sel, [16, 50, 84])
+                lo.append(q[0])
+                med.append(q[1])
+                hi.append(q[2])
+        shift = 1.0 + 0.02 * (k - 1.5)
+        centres = np.asarray(centres) * shift
+        ax.errorbar(centres, med, yerr=[np.subtract(med, lo), np.subtract(hi, med)], fmt="o-", capsize=3,
+                    label=f"e{k} (median, 16-84 %)")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("SNR_W (im3shape signal-to-noise, dimensionless)")
+    ax.set_ylabel(f"{est_name} - {ref_name} {E_LABEL}")
+    ax.set_title("Residuals against signal-to-noise")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def e_distribution(samples: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Distributions of |e| for several estimators: rounder predictions show as a left-shifted curve."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.4), layout="tight")
+    bins = np.linspace(0, 1, 51)
+    for name, (e1, e2) in samples.items():
+        e1, e2 = _finite_pairs(e1, e2)
+        mod = np.hypot(e1, e2)
+        if mod.size:
+            ax.hist(np.clip(mod, 0, 1), bins=bins, histtype="step", lw=1.5, density=True,
+                    label=f"{name}: median {np.median(mod):.3f}")
+    ax.set_xlabel(f"|e| {E_LABEL}")
+    ax.set_ylabel("probability density (per unit |e|)")
+    ax.set_title("Ellipticity modulus: roundness at a glance")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _stretch(img: np.ndarray, scale: float) -> np.ndarray:
+    """Arcsinh stretch with softening at 5 % of ``scale`` (display only)."""
+    return np.arcsinh(img / (0.05 * scale)) if scale > 0 else img
+
+
+def gallery(columns: dict[str, np.ndarray], path: Path, band_name: str, pixel_scale_arcsec: float,
+            titles: list[str] | None = None) -> Path:
+    """Rows of galaxies, columns of images (e.g. blended scene / reconstruction / truth) in one band.
+
+    ``columns`` maps a column title to ``(n, S, S)`` images; each row shares one colour scale (the last
+    column's, the truth's, stretch limits) so that the panels compare.
+    """
+    names = list(columns)
+    n = min(len(v) for v in columns.values())
+    if n == 0:
+        raise ValueError("gallery needs at least one galaxy")
+    fig, axes = plt.subplots(n, len(names), figsize=(2.6 * len(names), 2.5 * n), squeeze=False,
+                             layout="tight")
+    for i in range(n):
+        truth = np.asarray(columns[names[-1]][i], dtype=np.float64)
+        scale = float(np.percentile(np.abs(truth), 99.5))
+        ref = _stretch(truth, scale)
+        vmin, vmax = float(np.min(ref)), float(np.max(ref)) or 1.0
+        for j, name in enumerate(names):
+            img = np.asarray(columns[name][i], dtype=np.float64)
+            side = img.shape[-1] * pixel_scale_arcsec
+            ax = axes[i, j]
+            ax.imshow(_stretch(img, scale), origin="lower", cmap="magma", vmin=vmin, vmax=vmax,
+                      extent=(0, side, 0, side))
+            if i == 0:
+                ax.set_title(name)
+            if j == 0:
+                ax.set_ylabel((titles[i] + "\n" if titles else "") + "y [arcsec] (north up)")
+            if i == n - 1:
+                ax.set_xlabel("x [arcsec] (west right)")
+    fig.suptitle(f"{band_name} band, flux units of the data set, arcsinh stretch shared along each row")
+    return _save(fig, path)
