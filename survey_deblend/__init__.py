@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 def _load_dask_defaults() -> None:
     import dask.config
+    import distributed  # noqa: F401  (distributed merges its own defaults on import: ours go over them)
     import yaml
 
     defaults = yaml.safe_load((Path(__file__).with_name("dask.yaml")).read_text())

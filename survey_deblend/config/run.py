@@ -18,6 +18,10 @@ class ModelConfig:
     device: str | None = None  # None: cuda when the worker has one, else cpu
     bf16: bool = False
     compile: bool = False
+    stamp_size_pix: int | None = None  # cutout side in source pixels; None: the model's field of view
+    # Decode and measure the reconstruction with HSM (e1_recon, e2_recon); about 10 ms a galaxy on one CPU core.
+    # False leaves those two columns null and runs several times faster.
+    measure_recon: bool = True
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,12 @@ class ClusterConfig:
     kind: str = "local"
     n_workers: int | None = None
     threads_per_worker: int | None = None
+    memory_limit: str = "auto"  # per worker of a local cluster
+    dashboard_address: str = ":8787"
     jobqueue_config: Path | None = None  # cluster/slurm.yaml or cluster/pbs.yaml
     jobs: int = 1
+    connect_timeout_s: float = 30.0
+    wait_for_workers_s: float = 600.0  # a batch queue may take a while to start the first worker
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class OutputConfig:
     out: Path = Path("sva1-shapes")
     partition_rows: int = 2000
     overwrite: bool = False
+    progress: bool = True
 
 
 @dataclass(frozen=True)

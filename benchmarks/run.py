@@ -1,0 +1,154 @@
+"""End-to-end throughput of ``survey-deblend run`` (catalog -> Parquet) on the demo field with tile cutouts.
+
+Same run, same cores: one plain process calling the same stage functions in a loop, then the Dask pipeline on
+a LocalCluster of 1 worker (2 threads) and of 2 workers (1 thread each). Each cluster first does a warm-up run
+(workers import torch and load the model once, as they would on a long job), then the timed run. Prints one JSON
+line per setting of ``model.measure_recon`` with the keys ``galaxies_per_s_1w``, ``galaxies_per_s_2w``,
+``single_process_galaxies_per_s``, ``dask_overhead_frac`` ((t_1w - t_single) / t_single) and
+``peak_worker_rss_mb``.
+
+    python benchmarks/run.py            # full: a 4-tile field
+    python benchmarks/run.py --quick    # the 2-tile demo field, < 1 minute once the field exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def field_paths(workdir: Path, n_tiles: int, tile_size: int):
+    from survey_deblend.sim.field import make_des_field
+
+    field_dir = workdir / f"field-{n_tiles}x{tile_size}"
+    done = field_dir / "complete.json"
+    if not done.is_file():
+        paths = make_des_field(field_dir, n_tiles=n_tiles, tile_size_pix=tile_size, seed=0)
+        done.write_text(json.dumps({"im3shape": str(paths.im3shape), "gold": str(paths.gold),
+                                    "tiles": str(paths.tiles_dir)}))
+    return json.loads(done.read_text())
+
+
+def make_config(field: dict, checkpoint: Path, out: Path, measure_recon: bool):
+    from survey_deblend.config import load
+    from survey_deblend.config.run import RunConfig
+
+    return load(RunConfig, None, [
+        f"catalog.shear={field['im3shape']}", f"catalog.gold={field['gold']}", f"images.source=tiles:{field['tiles']}",
+        f"model.checkpoint={checkpoint}", f"output.out={out}", "output.partition_rows=500",
+        "output.overwrite=true", "output.progress=false", f"model.measure_recon={str(measure_recon).lower()}",
+    ])
+
+
+def single_process(config, predictor) -> tuple[float, int]:
+    """The same stages in one plain process: select, plan, then fetch/predict/write per partition, verify."""
+    from survey_deblend.catalog import select_galaxies
+    from survey_deblend.cutouts import open_source
+    from survey_deblend.pipeline.plan import ResumePlan, plan_partitions
+    from survey_deblend.pipeline.run import verify_output
+    from survey_deblend.pipeline.tasks import CATALOG_COLUMNS, fetch_stamps, predict_shapes, write_partition
+
+    out = Path(config.output.out)
+    t0 = time.perf_counter()
+    ResumePlan(out).reset()
+    out.mkdir(parents=True, exist_ok=True)
+    table = select_galaxies(config.catalog).table.reset_index(drop=True)
+    source = open_source(config.images.source, config.images)
+    partitions = plan_partitions(table, source.locality_keys(table["ra"], table["dec"]), config.output.partition_rows)
+    size = predictor.source_stamp_size(source.pixel_scale_arcsec)
+    for p in partitions:
+        rows = table.iloc[p.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
+        batch = fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size)
+        predictions = predict_shapes(batch, config.model.batch_size, config.model.measure_recon, predictor=predictor)
+        write_partition(out, p.partition_id, rows, p.tile, predictions, predictor.model_id, "single-process")
+    verify_output(out, partitions, table["coadd_objects_id"].to_numpy())
+    return time.perf_counter() - t0, len(table)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def dask_run(config, n_workers: int, threads: int) -> tuple[float, int, float]:
+    """Warm-up run then timed run on a fresh LocalCluster; returns seconds, galaxies, peak worker RSS (MB)."""
+    import dataclasses
+
+    from survey_deblend.cluster import make_client
+    from survey_deblend.config.run import ClusterConfig
+    from survey_deblend.pipeline import run
+
+    client, cluster = make_client(ClusterConfig(n_workers=n_workers, threads_per_worker=threads,
+                                                dashboard_address=":0"))
+    try:
+        warm = dataclasses.replace(config, output=dataclasses.replace(config.output,
+                                                                       out=Path(str(config.output.out) + "-warm")))
+        run(warm, client, stream=io.StringIO())
+        t0 = time.perf_counter()
+        summary = run(config, client, stream=io.StringIO())
+        seconds = time.perf_counter() - t0
+        rss = max(client.run(_peak_rss_mb).values())
+    finally:
+        client.close()
+        cluster.close()
+    return seconds, summary.n_selected, rss
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the 2-tile demo field (same keys)")
+    parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: shipped, else untrained)")
+    args = parser.parse_args()
+    import torch
+
+    from survey_deblend.inference import Predictor
+
+    n_tiles, tile_size = (2, 1000) if args.quick else (4, 1600)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    field = field_paths(args.workdir, n_tiles, tile_size)
+    checkpoint = args.model
+    if checkpoint is None:
+        from survey_deblend.inference import default_checkpoint
+
+        try:
+            checkpoint = default_checkpoint()
+        except Exception:  # no shipped checkpoint yet: the same architecture, untrained, runs at the same speed
+            from survey_deblend.models.checkpoint import write_untrained_checkpoint
+
+            checkpoint = write_untrained_checkpoint(args.workdir / "untrained.pt")
+    torch.set_num_threads(os.cpu_count() or 1)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    for measure_recon in ([False] if args.quick else [False, True]):
+        config = make_config(field, checkpoint, args.workdir / "out", measure_recon)
+        single_process(config, predictor)  # warm-up: caches, first-call costs, like the clusters' warm-up run
+        t_single, n = single_process(config, predictor)
+        t_1w, n1, rss1 = dask_run(config, 1, os.cpu_count() or 1)
+        t_2w, n2, rss2 = dask_run(config, 2, 1)
+        assert n == n1 == n2, (n, n1, n2)
+        print(json.dumps({
+            "galaxies_per_s_1w": round(n / t_1w, 1),
+            "galaxies_per_s_2w": round(n / t_2w, 1),
+            "single_process_galaxies_per_s": round(n / t_single, 1),
+            "dask_overhead_frac": round((t_1w - t_single) / t_single, 3),
+            "peak_worker_rss_mb": round(max(rss1, rss2), 1),
+            "n_galaxies": n, "measure_recon": measure_recon, "field": f"{n_tiles}x{tile_size}px",
+            "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "model": str(checkpoint),
+        }), flush=True)
+    for extra in (args.workdir / "out", args.workdir / "out-warm"):
+        shutil.rmtree(extra, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""What work there is and what is already done: partitions by locality key, and the resume plan.
+
+Partition ids depend only on the selection, the locality keys and ``partition_rows``, so a re-run of the same
+configuration finds the same ids and skips the ones whose done-marker exists (hats-import's ResumePlan).
+Layout of an output folder (``pandas.read_parquet(out)`` reads only the parts: pyarrow skips names starting
+with ``_`` or ``.``)::
+
+    out/part-<partition id>.parquet   one per partition, renamed into place when complete
+    out/_manifest.json                configuration hash, model, cut flow, counts, timings
+    out/_done/<partition id>.json     done-markers, written after the rename (row counts per status)
+    out/.tmp-*.parquet                a write in progress (removed at start of a run)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PART_PREFIX = "part-"
+DONE_DIR = "_done"
+TMP_PREFIX = ".tmp-"
+MANIFEST_NAME = "_manifest.json"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9+\-.]")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One unit of work: rows of the selection (positions in ``Selection.table``) sharing a locality key."""
+
+    partition_id: str
+    tile: str
+    rows: np.ndarray  # int64 positions into the selection table
+
+
+def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int) -> list[Partition]:
+    """Group rows by locality key, split each group into near-equal chunks of at most ``max_rows`` rows.
+
+    Rows are ordered by key then ``coadd_objects_id`` (so ids are stable however the catalog was read);
+    partition ids are ``<key>-<chunk>`` with unsafe filename characters replaced.
+    """
+    if max_rows < 1:
+        raise ValueError("output.partition_rows must be at least 1")
+    keys = np.asarray(keys).astype(str)
+    if len(keys) != len(table):
+        raise ValueError(f"{len(keys)} locality keys for {len(table)} rows")
+    order = np.lexsort((table["coadd_objects_id"].to_numpy(), keys))
+    sorted_keys = keys[order]
+    partitions: list[Partition] = []
+    boundaries = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    for group in np.split(order, boundaries):
+        if len(group) == 0:
+            continue
+        key = str(keys[group[0]])
+        n_chunks = -(-len(group) // max_rows)
+        safe = _UNSAFE.sub("_", key).lstrip(".") or "nokey"
+        for i, chunk in enumerate(np.array_split(group, n_chunks)):
+            partitions.append(Partition(f"{safe}-{i:04d}", key, chunk.astype(np.int64)))
+    ids = [p.partition_id for p in partitions]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two locality keys map to the same partition id")
+    return partitions
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary name in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class ResumePlan:
+    """The done-markers and part files of one output folder."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.done_dir = self.out_dir / DONE_DIR
+
+    def part_path(self, partition_id: str) -> Path:
+        return self.out_dir / f"{PART_PREFIX}{partition_id}.parquet"
+
+    def marker_path(self, partition_id: str) -> Path:
+        return self.done_dir / f"{partition_id}.json"
+
+    def done(self) -> dict[str, dict]:
+        """Finished partitions: id -> marker contents; a marker whose part file vanished does not count."""
+        result: dict[str, dict] = {}
+        if not self.done_dir.is_dir():
+            return result
+        for marker in sorted(self.done_dir.glob("*.json")):
+            partition_id = marker.stem
+            try:
+                data = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                continue
+            if self.part_path(partition_id).is_file():
+                result[partition_id] = data
+        return result
+
+    def mark_done(self, partition_id: str, info: dict) -> None:
+        """Record a finished partition (after its Parquet file is in place)."""
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.marker_path(partition_id), info)
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of writes that were killed; returns how many."""
+        leftovers = list(self.out_dir.glob(f"{TMP_PREFIX}*")) + list(self.done_dir.glob(f"{TMP_PREFIX}*"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def stale_parts(self, keep: Iterable[str]) -> list[Path]:
+        """Part files whose partition is not in ``keep`` (should not exist for one configuration)."""
+        wanted = {self.part_path(p).name for p in keep}
+        return [p for p in self.out_dir.glob(f"{PART_PREFIX}*.parquet") if p.name not in wanted]
+
+    def reset(self) -> None:
+        """Remove everything a run wrote here (parts, markers, manifest, temporaries), nothing else."""
+        for path in self.out_dir.glob(f"{PART_PREFIX}*.parquet"):
+            path.unlink()
+        if self.done_dir.is_dir():
+            shutil.rmtree(self.done_dir)
+        (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        self.clean_tmp()
