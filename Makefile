@@ -16,7 +16,7 @@ $(BIN)/survey-deblend: pyproject.toml
 venv: $(BIN)/survey-deblend
 
 demo: venv
-	$(BIN)/survey-deblend demo
+	$(BIN)/survey-deblend demo --workdir demo-work
 
 test: venv
 	$(BIN)/python -m pytest -q
