@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from survey_deblend.cli.options import add_config_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
@@ -23,8 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-tiles", type=int, default=2, help="tiles of the simulated field (first run only)")
     p.add_argument("--tile-size", type=int, default=1000, help="tile side in pixels (first run only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated field (first run only)")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="override a run configuration key (repeatable)")
+    add_config_options(p, None, "model.measure_recon=false")
     p.set_defaults(func=_demo)
 
 

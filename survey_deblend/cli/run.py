@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from survey_deblend.cli.options import add_config_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``run`` sub-command."""
@@ -33,9 +35,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", help="local, local-cuda, slurm, pbs or tcp://host:port")
     p.add_argument("--workers", type=int, help="number of workers of a local cluster")
     p.add_argument("--out", type=Path, help="output folder (Parquet parts and _manifest.json)")
-    p.add_argument("--config", type=Path, help="YAML configuration, e.g. pipelines/des_sva1.yaml")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="override a configuration key, e.g. --set output.partition_rows=500 (repeatable)")
+    add_config_options(p, "YAML configuration, e.g. pipelines/des_sva1.yaml", "output.partition_rows=500")
     p.add_argument("--overwrite", action="store_true", help="start over in an output folder of another run")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
 

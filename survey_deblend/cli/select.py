@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from survey_deblend.cli.options import add_config_options
+
 DEMO_DIR = Path("catalogs/demo")
 
 
@@ -27,15 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--match", choices=["id", "sky"], help="join on COADD_OBJECTS_ID (default) or on the sky")
     parser.add_argument("--radius-arcsec", type=float, help="sky-match radius in arcsec (default 1)")
     parser.add_argument("--chunk-rows", type=int, help="rows per streamed chunk (default 1000000)")
-    parser.add_argument("--config", type=Path, help="pipelines/NAME.yaml; its catalog: section is used")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. catalog.cuts.snr_w_min=15 (repeatable)",
-    )
+    add_config_options(parser, "pipelines/NAME.yaml; its catalog: section is used", "catalog.cuts.snr_w_min=15")
     parser.add_argument("--out", type=Path, help="selection Parquet file; the cut flow goes to <stem>.cutflow.json")
     parser.add_argument(
         "--make-demo-catalog",

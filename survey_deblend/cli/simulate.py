@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from survey_deblend.cli.options import add_config_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``simulate lsst`` and ``simulate field``."""
@@ -34,10 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML with 'lsst:' / 'field:' sections (pipelines/sim_lsst.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. lsst.n=64"
-    )
+    add_config_options(parser, "YAML with 'lsst:' / 'field:' sections (pipelines/sim_lsst.yaml)", "lsst.n=64")
 
 
 def _load(args: argparse.Namespace, section: str, names: tuple[str, ...]):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from survey_deblend.cli.options import add_config_options
 
 STAGES = ("vae", "deblender", "regressor", "all")
 
@@ -17,15 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "work_dir and resumes from it; 'all' runs the three stages and writes the final checkpoint.",
     )
     parser.add_argument("stage", choices=STAGES, help="which training to run")
-    parser.add_argument("--config", type=Path, default=None, help="pipelines/train_lsst.yaml (default: built-in)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. vae.epochs=2 or data.path=data/lsst (repeatable)",
-    )
+    add_config_options(parser, "pipelines/train_lsst.yaml (default: built-in)", "vae.epochs=2 or data.path=data/lsst")
     parser.set_defaults(func=run_train)
 
 
