@@ -115,8 +115,8 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def gaussian_nll(pred: torch.Tensor, e_true: torch.Tensor, z_true: torch.Tensor) -> torch.Tensor:
     """Heteroscedastic Gaussian negative log-likelihood of the regressor output (constants dropped).
 
-    One sigma is shared by e1 and e2; unlike MSE it does not shrink estimates toward the mean when the
-    galaxy is hard, it widens sigma instead.
+    One sigma is shared by e1 and e2. Hard galaxies get a wide sigma and so weigh less in the fit than under
+    MSE; the estimate is still a conditional mean, so some shrinkage toward zero remains (docs/model-card.md).
     """
     e_pred, log_se, z_pred, log_sz = pred[:, 0:2], pred[:, 2], pred[:, 3], pred[:, 4]
     nll_e = 0.5 * ((e_pred - e_true) ** 2).sum(dim=1) * torch.exp(-2 * log_se) + 2 * log_se
