@@ -7,7 +7,7 @@ line per setting of ``model.measure_recon`` with the keys ``galaxies_per_s_1w``,
 ``single_process_galaxies_per_s``, ``dask_overhead_frac`` ((t_1w - t_single) / t_single) and
 ``peak_worker_rss_mb``.
 
-    python benchmarks/run.py            # full: a 4-tile field
+    python benchmarks/run.py            # full: a 4-tile field (--tiles N --tile-size P for a larger one)
     python benchmarks/run.py --quick    # the 2-tile demo field, < 1 minute once the field exists
 """
 
@@ -107,12 +107,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the 2-tile demo field (same keys)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
     parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: shipped, else untrained)")
+    parser.add_argument("--tiles", type=int, default=4, help="tiles of the simulated field (full run)")
+    parser.add_argument("--tile-size", type=int, default=1600, help="tile side in pixels (full run)")
     args = parser.parse_args()
     import torch
 
     from survey_deblend.inference import Predictor
 
-    n_tiles, tile_size = (2, 1000) if args.quick else (4, 1600)
+    n_tiles, tile_size = (2, 1000) if args.quick else (args.tiles, args.tile_size)
     args.workdir.mkdir(parents=True, exist_ok=True)
     field = field_paths(args.workdir, n_tiles, tile_size)
     checkpoint = args.model
