@@ -20,6 +20,7 @@ import torch
 
 from survey_deblend import preprocess
 from survey_deblend.errors import InputError, SurveyDeblendError
+from survey_deblend.models.batches import run_in_batches
 from survey_deblend.models.checkpoint import Checkpoint, file_hash, load_checkpoint
 
 PREDICTION_COLUMNS = ("e1_pred", "e2_pred", "e_sigma_pred", "z_pred", "z_sigma_pred", "e1_recon", "e2_recon")
@@ -133,25 +134,10 @@ class Predictor:
         self, normed: np.ndarray, mask: np.ndarray, decode: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Run the networks on normalized stamps in batches: ``(latent, regressor output, reconstruction)``."""
-        latents, outputs, recons = [], [], []
-        with torch.inference_mode(), self._autocast():
-            for start in range(0, len(normed), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(normed[start : start + self.batch_size])).to(self.device)
-                if self.device.type == "cpu":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                m = torch.from_numpy(mask[start : start + self.batch_size]).to(self.device, torch.float32)
-                mu, out = self._encode(x, m)
-                latents.append(mu.float().cpu().numpy())
-                outputs.append(out.float().cpu().numpy())
-                if decode:
-                    if self.decoder is None:
-                        raise SurveyDeblendError("checkpoint has no decoder: cannot reconstruct")
-                    recons.append(self.decoder(mu).float().cpu().numpy())
-        n_lat = int(self.metadata["latent_dim"])
-        latent = np.concatenate(latents) if latents else np.zeros((0, n_lat), np.float32)
-        output = np.concatenate(outputs) if outputs else np.zeros((0, 5), np.float32)
-        recon = (np.concatenate(recons) if recons else np.zeros((0, *normed.shape[1:]), np.float32)) if decode else None
-        return latent, output, recon
+        return run_in_batches(
+            self._encode, normed, mask, self.batch_size, self.device, int(self.metadata["latent_dim"]),
+            decoder=self.decoder, decode=decode, autocast=self._autocast(),
+        )
 
     def reconstruct(
         self, images: np.ndarray, bands: Sequence[str], pixel_scale: float, band_mask: np.ndarray | None = None
@@ -162,20 +148,12 @@ class Predictor:
         return preprocess.denormalize(recon, self.m_b, self.beta)
 
     def psf_image(self, band: str = "i") -> np.ndarray:
-        """The model survey's PSF in ``band`` drawn at the model pixel scale (for HSM on reconstructions)."""
+        """The model survey's PSF in ``band`` drawn at its pixel scale (for HSM on reconstructions)."""
         if band not in self._psf_images:
-            import galsim
+            from survey_deblend.sim.psf import psf_image
 
             survey = self.metadata.get("survey", "LSST")
-            try:
-                from survey_deblend.sim.psf import psf_for
-
-                psf = psf_for(survey, band)
-            except ImportError:
-                fwhm = float(self.metadata.get("psf_fwhm_arcsec", {}).get(band, 0.8))
-                psf = galsim.Moffat(beta=3.5, fwhm=fwhm)
-            image = psf.drawImage(nx=self.stamp_size, ny=self.stamp_size, scale=self.pixel_scale)
-            self._psf_images[band] = image.array
+            self._psf_images[band] = psf_image(survey, band, self.stamp_size).array
         return self._psf_images[band]
 
     def measure_reconstruction(self, recon_flux: np.ndarray, band: str = "i") -> tuple[np.ndarray, np.ndarray]:

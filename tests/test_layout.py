@@ -24,3 +24,10 @@ def test_stages_below_pipeline_do_not_import_the_pipeline_or_cluster():
             " 'dask_jobqueue', 'dask_cuda'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_training_does_not_import_the_inference_stage_below_it():
+    code = ("import sys, survey_deblend.training.metrics, survey_deblend.training.stages;"
+            "print('survey_deblend.inference' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from survey_deblend.models.batches import run_in_batches
 from survey_deblend.preprocess import denormalize, normalize
+from survey_deblend.shapes import measure_hsm_batch
+from survey_deblend.sim.psf import psf_image
 from survey_deblend.training.data import TrainingData
 
 
@@ -47,18 +50,26 @@ def redshift_figures(z_true: np.ndarray, z_pred: np.ndarray) -> dict[str, float]
 
 def held_out_metrics(checkpoint: Any, data: TrainingData, device: torch.device, n_hsm: int = 200) -> dict[str, Any]:
     """Figures on the held-out split: all bands, and without u (as for DES); HSM on a few reconstructions."""
-    from survey_deblend.inference import Predictor
+    encoder, regressor = checkpoint.build("deblender").to(device), checkpoint.build("regressor").to(device)
+    decoder = checkpoint.build("decoder").to(device)
+    meta = checkpoint.metadata
+    m_b, beta = np.asarray(meta["m_b"], dtype=np.float32), float(meta["beta"])
 
-    predictor = Predictor(checkpoint, model_id="training", device=str(device), batch_size=512)
+    def encode(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, _ = encoder(x, m)
+        return mu, regressor(mu)
+
+    def run(normed: np.ndarray, mask: np.ndarray, decode: bool = False):
+        return run_in_batches(encode, normed, mask, 512, device, int(meta["latent_dim"]), decoder, decode)
+
     idx = data.val_idx
-    raw = data.read("blend", idx)
-    normed = normalize(raw, predictor.m_b, predictor.beta)
+    normed = normalize(data.read("blend", idx), m_b, beta)
     e_true = np.stack([data.read("e1", idx), data.read("e2", idx)], axis=1).astype(np.float64)
     z_true = data.read("z", idx).astype(np.float64)
     bright = data.read("snr", idx) > 20 if "snr" in data.dataset.fields else np.ones(len(idx), bool)
     out: dict[str, Any] = {"n_held_out": int(len(idx)), "n_held_out_snr_gt_20": int(bright.sum())}
     for label, mask in (("all_bands", np.ones((len(idx), 6), bool)), ("no_u", _no_u(len(idx)))):
-        _, pred, _ = predictor.encode_normalized(normed * mask[:, :, None, None], mask)
+        _, pred, _ = run(normed * mask[:, :, None, None], mask)
         for suffix, sel in (("", slice(None)), ("_snr_gt_20", bright)):
             if not np.any(np.ones(len(idx), bool)[sel]):
                 continue
@@ -70,10 +81,12 @@ def held_out_metrics(checkpoint: Any, data: TrainingData, device: torch.device, 
             figures["e_pull_rms"] = float(np.sqrt(np.mean(pull**2)))
             out[label + suffix] = {k: round(v, 5) for k, v in figures.items()}
     sub = slice(0, min(n_hsm, len(idx)))
-    _, _, recon = predictor.encode_normalized(normed[sub], np.ones((len(normed[sub]), 6), bool), decode=True)
-    clean = normalize(data.read("clean", idx[sub]), predictor.m_b, predictor.beta)
+    _, _, recon = run(normed[sub], np.ones((len(normed[sub]), 6), bool), decode=True)
+    clean = normalize(data.read("clean", idx[sub]), m_b, beta)
     out["recon_mse_normalized"] = round(float(np.mean((recon - clean) ** 2)), 7)
-    e1, e2 = predictor.measure_reconstruction(denormalize(recon, predictor.m_b, predictor.beta))
+    i_band = list(meta["bands"]).index("i")
+    psf = psf_image(meta.get("survey", "LSST"), "i", int(meta["stamp_size"])).array
+    e1, e2 = measure_hsm_batch(denormalize(recon, m_b, beta)[:, i_band], psf, float(meta["pixel_scale_arcsec"]))
     ok = np.isfinite(e1)
     if ok.any():
         resid = np.stack([e1, e2], 1)[ok] - e_true[sub][ok]
