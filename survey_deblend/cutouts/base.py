@@ -54,6 +54,11 @@ class CutoutBatch:
         """How many rows ended with each status (only statuses that occur)."""
         return dict(sorted(Counter(str(s) for s in self.status).items()))
 
+    def settle(self, band_status: np.ndarray) -> None:
+        """Set the band mask and each row's status from the per-band statuses ``(N, B)`` of a fetch."""
+        self.band_mask[:] = np.isin(band_status, list(st.USABLE))
+        self.status[:] = [st.combine_band_statuses(list(row)) for row in band_status]
+
     @classmethod
     def empty(
         cls, n: int, bands: tuple[str, ...], size_pix: int, pixel_scale_arcsec: float, status: str = st.NO_COVERAGE

@@ -262,8 +262,7 @@ class SIASource(CutoutSource):
         for (row, b, _), (stamp, status) in zip(tasks, results, strict=True):
             batch.images[row, b] = stamp
             band_status[row, b] = status
-        batch.band_mask[:] = np.isin(band_status, list(st.USABLE))
-        batch.status[:] = [st.combine_band_statuses(list(row)) for row in band_status]
+        batch.settle(band_status)
         return batch
 
 

@@ -226,8 +226,7 @@ class TileSource(CutoutSource):
                     continue
                 batch.images[rows, b] = stamps
                 band_status[rows, b] = status
-        batch.band_mask[:] = np.isin(band_status, list(st.USABLE))
-        batch.status[:] = [st.combine_band_statuses(list(row)) for row in band_status]
+        batch.settle(band_status)
         return batch
 
 
