@@ -26,14 +26,19 @@ def test_unknown_kind_is_one_clear_line(kind):
     assert "\n" not in str(info.value) and kind in str(info.value)
 
 
-def test_slurm_job_script_has_gpu_directives_and_resources():
+def _job_script(kind: str) -> str:
+    """The batch script dask-jobqueue would submit with ``cluster/<kind>.yaml`` (no controller needed)."""
     cluster = make_jobqueue_cluster(
-        ClusterConfig(kind="slurm", jobqueue_config=REPO / "cluster" / "slurm.yaml", dashboard_address=":0")
+        ClusterConfig(kind=kind, jobqueue_config=REPO / "cluster" / f"{kind}.yaml", dashboard_address=":0")
     )
     try:
-        script = cluster.job_script()
+        return cluster.job_script()
     finally:
         cluster.close()
+
+
+def test_slurm_job_script_has_gpu_directives_and_resources():
+    script = _job_script("slurm")
     assert "#SBATCH -p gpu" in script
     assert "#SBATCH -A my-project" in script
     assert "#SBATCH --gres=gpu:1" in script
@@ -43,13 +48,7 @@ def test_slurm_job_script_has_gpu_directives_and_resources():
 
 
 def test_pbs_job_script_has_resource_spec_and_resources():
-    cluster = make_jobqueue_cluster(
-        ClusterConfig(kind="pbs", jobqueue_config=REPO / "cluster" / "pbs.yaml", dashboard_address=":0")
-    )
-    try:
-        script = cluster.job_script()
-    finally:
-        cluster.close()
+    script = _job_script("pbs")
     assert "#PBS -q gpu" in script
     assert "#PBS -A my-project" in script
     assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=32GB" in script
