@@ -28,7 +28,7 @@ from survey_deblend.sim.lsst import generate_samples, make_lsst_dataset
 from survey_deblend.sim.psf import psf_for
 from survey_deblend.sim.render import galsim_profile
 from survey_deblend.sim.scenes import draw_scene
-from survey_deblend.sim.survey import LSST_BANDS
+from survey_deblend.surveys import LSST_BANDS
 
 
 def time_generation(cfg: LsstSimConfig, n: int) -> tuple[float, float, float]:

@@ -13,19 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from survey_deblend.cutouts import status as st
+from survey_deblend.surveys import PhotometricFrame
 
 STATUS_WIDTH = 24  # characters of the status array's dtype
 
 
 @dataclass
 class CutoutBatch:
-    """Stamps for N rows: ``images`` (N, B, S, S) float32, ``band_mask`` (N, B) bool, ``status`` (N,) str."""
+    """Stamps for N rows: ``images`` (N, B, S, S) float32, ``band_mask`` (N, B) bool, ``status`` (N,) str,
+    and the photometric ``frame`` of their pixels (survey, bands, pixel scale, zeropoints)."""
 
     images: np.ndarray
     band_mask: np.ndarray
     status: np.ndarray
-    bands: tuple[str, ...]
-    pixel_scale_arcsec: float
+    frame: PhotometricFrame
 
     def __post_init__(self) -> None:
         # wide enough for every status, so that assigning a longer one later never truncates it
@@ -39,6 +40,16 @@ class CutoutBatch:
 
     def __len__(self) -> int:
         return len(self.status)
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Band names in stamp order (the frame's)."""
+        return self.frame.bands
+
+    @property
+    def pixel_scale_arcsec(self) -> float:
+        """Pixel scale of the stamps (the frame's)."""
+        return self.frame.pixel_scale_arcsec
 
     @property
     def stamp_size(self) -> int:
@@ -60,33 +71,13 @@ class CutoutBatch:
         self.status[:] = [st.combine_band_statuses(list(row)) for row in band_status]
 
     @classmethod
-    def empty(
-        cls, n: int, bands: tuple[str, ...], size_pix: int, pixel_scale_arcsec: float, status: str = st.NO_COVERAGE
-    ) -> CutoutBatch:
-        """N zero stamps, every mask bit cleared, every row with ``status``."""
+    def empty(cls, n: int, frame: PhotometricFrame, size_pix: int, status: str = st.NO_COVERAGE) -> CutoutBatch:
+        """N zero stamps of ``frame``, every mask bit cleared, every row with ``status``."""
         return cls(
-            images=np.zeros((n, len(bands), size_pix, size_pix), dtype=np.float32),
-            band_mask=np.zeros((n, len(bands)), dtype=bool),
+            images=np.zeros((n, len(frame.bands), size_pix, size_pix), dtype=np.float32),
+            band_mask=np.zeros((n, len(frame.bands)), dtype=bool),
             status=np.full(n, status, dtype=f"<U{STATUS_WIDTH}"),
-            bands=tuple(bands),
-            pixel_scale_arcsec=float(pixel_scale_arcsec),
-        )
-
-    @classmethod
-    def concat(cls, batches: list[CutoutBatch]) -> CutoutBatch:
-        """Rows of several batches with the same bands and pixel scale, in order."""
-        if not batches:
-            raise ValueError("concat needs at least one batch")
-        first = batches[0]
-        for other in batches[1:]:
-            if other.bands != first.bands or other.pixel_scale_arcsec != first.pixel_scale_arcsec:
-                raise ValueError("cannot concatenate batches with different bands or pixel scales")
-        return cls(
-            images=np.concatenate([b.images for b in batches]),
-            band_mask=np.concatenate([b.band_mask for b in batches]),
-            status=np.concatenate([b.status for b in batches]),
-            bands=first.bands,
-            pixel_scale_arcsec=first.pixel_scale_arcsec,
+            frame=frame,
         )
 
 

@@ -30,6 +30,7 @@ from survey_deblend.cutouts import status as st
 from survey_deblend.cutouts.base import CutoutBatch, CutoutSource
 from survey_deblend.cutouts.geometry import cut_stamps, tangent_offsets_deg
 from survey_deblend.cutouts.http import GuardedHTTP, write_atomic
+from survey_deblend.surveys import DES_COADD_ZEROPOINT, PhotometricFrame
 
 CELL_DEG = 0.5  # side of the sky cells that key SIA partitions (one SIA query per cell and partition)
 MARGIN_PIX = 3  # extra pixels around each cutout so that rounding and resampling never run short
@@ -243,7 +244,9 @@ class SIASource(CutoutSource):
         ra = np.atleast_1d(np.asarray(ra, dtype=float))
         dec = np.atleast_1d(np.asarray(dec, dtype=float))
         n = len(ra)
-        batch = CutoutBatch.empty(n, self.bands, size_pix, self.pixel_scale_arcsec)
+        # placeholder frame (DES coadd zeropoint) until the sources read MAGZERO / magzero (issue 11, item 1)
+        frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, (DES_COADD_ZEROPOINT,) * len(self.bands))
+        batch = CutoutBatch.empty(n, frame, size_pix)
         band_status = np.full((n, len(self.bands)), st.NO_COVERAGE, dtype=object)
         tasks: list[tuple[int, int, TileRecord]] = []
         cells = self.locality_keys(ra, dec)

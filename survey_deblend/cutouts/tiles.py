@@ -21,6 +21,7 @@ from survey_deblend.cutouts import status as st
 from survey_deblend.cutouts.base import CutoutBatch, CutoutSource
 from survey_deblend.cutouts.geometry import cut_stamps, edge_distance_pix, pixel_scale_arcsec, tangent_offsets_deg
 from survey_deblend.errors import InputError
+from survey_deblend.surveys import DES_COADD_ZEROPOINT, PhotometricFrame
 
 # DES0530-5000_r0001p01_g.fits(.fz): tile name, optional processing tag, band.
 _TILE_FILE = re.compile(r"^(?P<tile>.+?)(?:_r\d+p\d+)?_(?P<band>[A-Za-z]+)\.fits(?:\.fz|\.gz)?$")
@@ -207,7 +208,9 @@ class TileSource(CutoutSource):
         ra = np.atleast_1d(np.asarray(ra, dtype=float))
         dec = np.atleast_1d(np.asarray(dec, dtype=float))
         n = len(ra)
-        batch = CutoutBatch.empty(n, self.bands, size_pix, self.pixel_scale_arcsec)
+        # placeholder frame (DES coadd zeropoint) until the sources read MAGZERO / magzero (issue 11, item 1)
+        frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, (DES_COADD_ZEROPOINT,) * len(self.bands))
+        batch = CutoutBatch.empty(n, frame, size_pix)
         band_status = np.full((n, len(self.bands)), st.NO_COVERAGE, dtype=object)
         for b, band in enumerate(self.bands):
             band_tiles = [t for t in self.tiles if t.band == band]

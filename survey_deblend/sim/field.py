@@ -26,7 +26,7 @@ from survey_deblend.sim.field_catalogs import catalog_objects, write_field_catal
 from survey_deblend.sim.population import Population, draw_population
 from survey_deblend.sim.render import GalaxyShapes, StampRenderer
 from survey_deblend.sim.scenes import sample_rng
-from survey_deblend.sim.survey import DES_BANDS, DES_COADD_ZEROPOINT, band_facts, pixel_scale
+from survey_deblend.surveys import DES_BANDS, DES_COADD_ZEROPOINT, band_facts, pixel_scale
 
 STAMP_SIZES = (21, 33, 49, 65, 97, 129, 161)
 CHUNK_BYTES = 16_000_000  # Fourier arrays per rendering batch

@@ -32,7 +32,7 @@ from survey_deblend.sim.dataset import MANIFEST_NAME, ShardInfo, field_specs, sh
 from survey_deblend.sim.psf import psf_description
 from survey_deblend.sim.render import StampRenderer
 from survey_deblend.sim.scenes import Scene, draw_scene, sample_rng
-from survey_deblend.sim.survey import DES_BANDS, LSST_BANDS, band_facts
+from survey_deblend.surveys import DES_BANDS, LSST_BANDS, band_facts
 
 GENERATOR = "survey_deblend.sim.lsst/1"
 TRUTH_DTYPES: dict[str, str] = {

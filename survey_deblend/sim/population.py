@@ -27,7 +27,7 @@ import numpy as np
 
 from survey_deblend.shapes import compose_shear
 from survey_deblend.sim.render import GalaxyShapes
-from survey_deblend.sim.survey import DES_BANDS, LSST_BANDS, band_facts
+from survey_deblend.surveys import DES_BANDS, LSST_BANDS, band_facts
 
 SED_TEMPLATES = ("CWW_E_ext", "CWW_Sbc_ext", "CWW_Scd_ext", "CWW_Im_ext")
 Z_GRID = np.round(np.arange(0.0, 3.0001, 0.02), 4)

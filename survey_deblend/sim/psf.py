@@ -11,7 +11,7 @@ from functools import cache
 import galsim
 
 from survey_deblend.errors import ConfigError
-from survey_deblend.sim.survey import band_facts
+from survey_deblend.surveys import band_facts
 
 MOFFAT_BETA = 3.5
 MOFFAT_TRUNC_FWHM = 4.0

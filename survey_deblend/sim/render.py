@@ -21,7 +21,7 @@ import galsim
 import numpy as np
 
 from survey_deblend.sim.psf import FAST_GSPARAMS, psf_for
-from survey_deblend.sim.survey import band_facts
+from survey_deblend.surveys import band_facts
 
 EXP_HLR_TO_SCALE = 1.0 / 1.6783469900166605  # exponential: scale radius / half-light radius (GalSim)
 _FFT_SIZES = (64, 80, 96, 128, 160, 192, 256, 320, 384, 512)

@@ -16,6 +16,7 @@ from survey_deblend.config.loader import from_mapping
 from survey_deblend.cutouts import CutoutBatch
 from survey_deblend.cutouts import status as st
 from survey_deblend.errors import ConfigError
+from survey_deblend.surveys import PhotometricFrame
 
 
 def test_band_statuses_combine_into_one_row_status():
@@ -27,18 +28,18 @@ def test_band_statuses_combine_into_one_row_status():
     assert st.FAILURES.isdisjoint(st.USABLE) and st.NO_COVERAGE not in st.FAILURES
 
 
-def test_batch_counts_usable_rows_and_concatenates():
-    a = CutoutBatch.empty(3, ("g", "r"), 5, 0.2637, status=st.OK)
+def test_batch_counts_usable_rows_and_carries_its_frame():
+    frame = PhotometricFrame("DES", ("g", "r"), 0.2637, (30.0, 30.0))
+    a = CutoutBatch.empty(3, frame, 5, status=st.OK)
     a.status[1] = st.ERROR_HTTP
-    b = CutoutBatch.empty(2, ("g", "r"), 5, 0.2637)
-    both = CutoutBatch.concat([a, b])
-    assert len(both) == 5 and both.stamp_size == 5 and both.images.dtype == np.float32
-    assert both.status_counts() == {st.ERROR_HTTP: 1, st.NO_COVERAGE: 2, st.OK: 2}
-    assert list(both.usable) == [True, False, True, False, False]
-    with pytest.raises(ValueError, match="different bands"):
-        CutoutBatch.concat([a, CutoutBatch.empty(1, ("g",), 5, 0.2637)])
+    assert len(a) == 3 and a.stamp_size == 5 and a.images.dtype == np.float32
+    assert a.status_counts() == {st.ERROR_HTTP: 1, st.OK: 2}
+    assert list(a.usable) == [True, False, True]
+    assert a.bands == ("g", "r") and a.pixel_scale_arcsec == 0.2637 and a.frame.zeropoints == (30.0, 30.0)
     with pytest.raises(ValueError, match="band_mask shape"):
-        CutoutBatch(a.images, a.band_mask[:, :1], a.status, a.bands, 0.2637)
+        CutoutBatch(a.images, a.band_mask[:, :1], a.status, frame)
+    with pytest.raises(ValueError, match="1 zeropoints for 2 bands"):
+        PhotometricFrame("DES", ("g", "r"), 0.2637, (30.0,))
 
 
 def test_images_config_rejects_bad_manners():

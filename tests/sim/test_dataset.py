@@ -11,7 +11,7 @@ import pytest
 from survey_deblend.errors import InputError, SurveyDeblendError
 from survey_deblend.sim.dataset import open_dataset, write_manifest, write_shard
 from survey_deblend.sim.lsst import make_lsst_dataset
-from survey_deblend.sim.survey import LSST_BANDS
+from survey_deblend.surveys import LSST_BANDS
 
 
 def test_manifest_describes_the_data(blends):

@@ -16,7 +16,7 @@ from survey_deblend.catalog.schema import GOLD_COLUMNS, IM3SHAPE_COLUMNS, UNMEAS
 from survey_deblend.config.sim import FieldSimConfig
 from survey_deblend.sim.field import Tile, make_des_field, render_tile, tile_layout, tile_name
 from survey_deblend.sim.population import draw_population
-from survey_deblend.sim.survey import DES_BANDS, band_facts
+from survey_deblend.surveys import DES_BANDS, band_facts
 
 
 def _tiles(field):

@@ -9,7 +9,7 @@ from survey_deblend.shapes import compose_shear, measure_hsm
 from survey_deblend.sim.population import draw_population
 from survey_deblend.sim.psf import psf_image
 from survey_deblend.sim.render import GalaxyShapes, StampRenderer
-from survey_deblend.sim.survey import LSST_BANDS
+from survey_deblend.surveys import LSST_BANDS
 
 
 def _galaxy(e_int, shear, bulge_frac=0.0, hlr=0.9):

@@ -10,7 +10,7 @@ from surveycodex.utilities import mean_sky_level
 
 from survey_deblend.sim.psf import psf_for
 from survey_deblend.sim.render import GalaxyShapes, StampRenderer, galsim_profile
-from survey_deblend.sim.survey import DES_BANDS, LSST_BANDS
+from survey_deblend.surveys import DES_BANDS, LSST_BANDS
 
 
 def _shapes(rng, n, spread=3.0):
@@ -45,7 +45,7 @@ def test_each_galaxy_alone_sums_to_the_scene():
 
 def test_flux_follows_magnitude_and_zeropoint():
     """A compact galaxy of magnitude m holds t_exp 10^(-0.4 (m - zp)) electrons (LSST) or 10^(-0.4 (m - 30))."""
-    from survey_deblend.sim.survey import band_facts
+    from survey_deblend.surveys import band_facts
 
     shapes = GalaxyShapes(*(np.array([v]) for v in (0.3, 0.15, 0.3, 0.1, 0.0, 0.0, 0.0)))
     mag = 22.0

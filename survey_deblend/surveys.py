@@ -1,4 +1,5 @@
-"""Survey facts (pixel scale, PSF FWHM, zeropoints, exposure, sky) from surveycodex, and flux units.
+"""Survey facts owned once (bands in order, pixel scale, PSF FWHM, zeropoints, exposure, sky) from surveycodex,
+and the photometric frame of a set of pixels.
 
 Units follow DESIGN.md "Units": LSST stamps are electrons over the full 10-year exposure
 (``counts = t_exp * 10**(-0.4 * (mag - zeropoint))``); DES coadd stamps are in coadd units at magnitude
@@ -53,6 +54,31 @@ class BandFacts:
         """Total flux in image units of a source of AB magnitude ``mag`` in this band."""
         electrons = self.exposure_s * 10 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zeropoint_mag))
         return electrons * self.unit_per_electron
+
+
+@dataclass(frozen=True)
+class PhotometricFrame:
+    """What the pixels of a batch of stamps are: survey, bands in stamp order, pixel scale and flux unit.
+
+    ``zeropoints`` holds one AB magnitude zeropoint per band (the magnitude of a source whose total flux is one
+    pixel unit), read from where the data say it (a tile's ``MAGZERO``, an SIA answer's ``magzero``, the
+    simulation's own value). ``None`` means the pixels are already the survey's native unit, electrons over its
+    full exposure (DESIGN.md "Units"): simulated LSST stamps, BTK blends.
+    """
+
+    survey: str
+    bands: tuple[str, ...]
+    pixel_scale_arcsec: float
+    zeropoints: tuple[float, ...] | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bands", tuple(self.bands))
+        object.__setattr__(self, "pixel_scale_arcsec", float(self.pixel_scale_arcsec))
+        if self.zeropoints is not None:
+            zps = tuple(float(z) for z in self.zeropoints)
+            if len(zps) != len(self.bands):
+                raise ValueError(f"{len(zps)} zeropoints for {len(self.bands)} bands {list(self.bands)}")
+            object.__setattr__(self, "zeropoints", zps)
 
 
 def survey_bands(survey: str) -> tuple[str, ...]:
