@@ -25,15 +25,16 @@ from survey_deblend.cutouts.server import running_server
 from survey_deblend.cutouts.sia import SIASource
 from survey_deblend.cutouts.synthetic import Blob, tile_wcs, write_field
 from survey_deblend.cutouts.tiles import TileSource
+from survey_deblend.surveys import DES_BANDS, pixel_scale
 
-BANDS = ("g", "r", "i", "z", "Y")
+BANDS = DES_BANDS
 STAMP = 45
 
 
 def make_field(out: Path, n_side: int, tile_pix: int, n_gal: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """An n_side x n_side grid of overlapping tiles with noise and galaxies; returns galaxy positions."""
     rng = np.random.default_rng(seed)
-    scale = 0.2637 / 3600
+    scale = pixel_scale("DES") / 3600
     step = (tile_pix - 100) * scale  # 100 px overlap, like DES tiles
     centre = (70.0, -45.0)
     centres = [

@@ -41,6 +41,7 @@ def main() -> None:
     from survey_deblend.inference import Predictor
     from survey_deblend.models.checkpoint import write_untrained_checkpoint
     from survey_deblend.models.networks import kl_divergence
+    from survey_deblend.surveys import stamp_frame
 
     path = args.checkpoint
     if path is None:
@@ -65,7 +66,9 @@ def main() -> None:
     rate = _rate(lambda: predictor.predict(raw, bands, 0.2, measure_recon=False), n, repeats)
     print(json.dumps({"benchmark": "inference", "cpu_predict_images_per_s": round(rate, 1), **common}), flush=True)
     des = rng.exponential(0.2, (n, 5, 35, 35)).astype(np.float32)
-    rate = _rate(lambda: predictor.predict(des, ("g", "r", "i", "z", "Y"), 0.2637, measure_recon=False), n, repeats)
+    des_frame = stamp_frame("DES")  # coadd units at the DES zeropoint, DES pixel scale
+    rate = _rate(lambda: predictor.predict(des, des_frame.bands, des_frame.pixel_scale_arcsec, measure_recon=False,
+                                           zeropoints=des_frame.zeropoints, survey="DES"), n, repeats)
     print(json.dumps({"benchmark": "inference", "cpu_predict_des_images_per_s": round(rate, 1), **common}), flush=True)
 
     ckpt = predictor.checkpoint

@@ -55,7 +55,8 @@ def single_process(config, predictor) -> tuple[float, int]:
     from survey_deblend.cutouts import open_source
     from survey_deblend.pipeline.plan import ResumePlan, plan_partitions
     from survey_deblend.pipeline.run import verify_output
-    from survey_deblend.pipeline.tasks import CATALOG_COLUMNS, fetch_stamps, predict_shapes, write_partition
+    from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, write_partition
+    from survey_deblend.schema import CATALOG_COLUMNS
 
     out = Path(config.output.out)
     t0 = time.perf_counter()
@@ -68,7 +69,7 @@ def single_process(config, predictor) -> tuple[float, int]:
     for p in partitions:
         rows = table.iloc[p.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
         batch = fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size)
-        predictions = predict_shapes(batch, config.model.batch_size, config.model.measure_recon, predictor=predictor)
+        predictions = predict_shapes(batch, config.model.measure_recon, predictor=predictor)
         write_partition(out, p.partition_id, rows, p.tile, predictions, predictor.model_id, "single-process")
     verify_output(out, partitions, table["coadd_objects_id"].to_numpy())
     return time.perf_counter() - t0, len(table)
@@ -128,9 +129,9 @@ def main() -> int:
 
             checkpoint = write_untrained_checkpoint(args.workdir / "untrained.pt")
     torch.set_num_threads(os.cpu_count() or 1)
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     for measure_recon in ([False] if args.quick else [False, True]):
         config = make_config(field, checkpoint, args.workdir / "out", measure_recon)
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", batch_size=config.model.batch_size)
         single_process(config, predictor)  # warm-up: caches, first-call costs, like the clusters' warm-up run
         t_single, n = single_process(config, predictor)
         t_1w, n1, rss1 = dask_run(config, 1, os.cpu_count() or 1)

@@ -2,7 +2,8 @@
 
 Raw stamps from any survey are brought into the model's frame in four steps, all driven by checkpoint
 metadata: band mapping (e.g. DES grizY into the model's ugrizy, absent bands zero with their mask bit
-cleared), flux-unit conversion (source zeropoint to the model survey's electrons over its full exposure),
+cleared), flux-unit conversion (each band's zeropoint from the stamps' ``PhotometricFrame`` to the model
+survey's electrons over its full exposure; never guessed from band names or pixel scale),
 flux-conserving resampling to the model pixel scale, and the Arcelin et al. (2020) normalization
 ``tanh(arcsinh(beta * x / M_b))``. An optional dynamic-range matching step maps each band's per-image
 maximum statistics onto the training ones.
@@ -12,24 +13,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from survey_deblend.errors import InputError
+from survey_deblend.surveys import LSST_BANDS, PhotometricFrame, band_facts, survey_bands
 
-MODEL_BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
-DES_BANDS: tuple[str, ...] = ("g", "r", "i", "z", "Y")
+MODEL_BANDS: tuple[str, ...] = LSST_BANDS  # the model is trained on LSST stamps (the checkpoint says which)
 DEFAULT_BETA = 2.5
-# DES coadd images are calibrated to magnitude zeropoint 30 (the MAGZERO keyword of the tiles).
-DES_COADD_ZEROPOINT = 30.0
 
 __all__ = [
     "DEFAULT_BETA",
-    "DES_BANDS",
-    "DES_COADD_ZEROPOINT",
     "MODEL_BANDS",
-    "SourceFrame",
     "denormalize",
     "flux_conversion_factors",
     "map_bands",
@@ -102,20 +97,28 @@ def map_bands(
 
 
 def flux_conversion_factors(
-    source_zeropoint: float, target_survey: str, model_bands: Sequence[str] = MODEL_BANDS
+    frame: PhotometricFrame, target_survey: str, model_bands: Sequence[str] = MODEL_BANDS
 ) -> np.ndarray:
-    """Per-band factors turning flux at magnitude zeropoint ``source_zeropoint`` into the target survey's
-    electrons over its full exposure: ``t_exp * 10**(-0.4 * (zp_source - zp_b))`` (surveycodex facts)."""
-    import surveycodex
-
-    survey = surveycodex.get_survey(target_survey)
-    factors = []
-    for band in model_bands:
-        filt = survey.get_filter(band)
-        t_exp = float(filt.full_exposure_time.to_value("s"))
-        zp = float(filt.zeropoint.to_value("mag"))
-        factors.append(t_exp * 10 ** (-0.4 * (source_zeropoint - zp)))
-    return np.asarray(factors, dtype=np.float64)
+    """Per model band, the factor turning ``frame``'s pixel units into ``target_survey``'s electrons over its
+    full exposure: ``t_exp * 10**(-0.4 * (zp_source_b - zp_b))`` from each band's own zeropoint (surveycodex
+    facts for the target). A frame without zeropoints is native units: accepted only for the target survey.
+    Model bands the frame lacks get 1 (their pixels are zero).
+    """
+    if frame.zeropoints is None:
+        if frame.survey != target_survey:
+            raise InputError(
+                f"stamps: {frame.survey} pixels without zeropoints cannot be put in the model's {target_survey} "
+                "units; give one AB zeropoint per band"
+            )
+        foreign = [b for b in frame.bands if b not in survey_bands(target_survey)]
+        if foreign:
+            raise InputError(f"stamps: band '{foreign[0]}' is not a {target_survey} band; give zeropoints for it")
+        return np.ones(len(model_bands), dtype=np.float64)
+    zeropoint = {b.lower(): z for b, z in zip(frame.bands, frame.zeropoints, strict=True)}
+    return np.asarray(
+        [band_facts(target_survey, b).electrons_per_unit(zeropoint.get(b.lower())) for b in model_bands],
+        dtype=np.float64,
+    )
 
 
 def rebin_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float) -> np.ndarray:
@@ -169,23 +172,3 @@ def match_dynamic_range(
         if present.any():
             factors[b] = float(target_median_max[b]) / float(np.median(per_image_max[present, b]))
     return (images * factors.reshape(1, -1, 1, 1).astype(np.float32)), factors
-
-
-@dataclass(frozen=True)
-class SourceFrame:
-    """How a batch of source stamps relates to the model frame: bands, pixel scale, flux zeropoint.
-
-    ``zeropoint`` None means the stamps already are in the model survey's units (e.g. LSST electrons).
-    """
-
-    bands: tuple[str, ...]
-    pixel_scale_arcsec: float
-    zeropoint: float | None = None
-
-    @classmethod
-    def infer(cls, bands: Sequence[str], pixel_scale: float, zeropoint: float | None = None) -> SourceFrame:
-        """Guess the zeropoint: DES band names or the DES pixel scale mean DES coadd units (zeropoint 30)."""
-        bands = tuple(bands)
-        if zeropoint is None and ("Y" in bands or math.isclose(pixel_scale, 0.2637, rel_tol=0.01)):
-            zeropoint = DES_COADD_ZEROPOINT
-        return cls(bands=bands, pixel_scale_arcsec=float(pixel_scale), zeropoint=zeropoint)

@@ -50,6 +50,12 @@ class BandFacts:
         """Standard deviation of the sky noise per pixel in image units (Gaussian, sky-only variance)."""
         return float(np.sqrt(self.sky_e_per_pixel) * self.unit_per_electron)
 
+    def electrons_per_unit(self, zeropoint: float | None) -> float:
+        """Electrons over the full exposure per pixel unit of AB ``zeropoint`` (None: the pixels are electrons)."""
+        if zeropoint is None:
+            return 1.0
+        return float(self.exposure_s * 10 ** (-0.4 * (zeropoint - self.zeropoint_mag)))
+
     def flux(self, mag: np.ndarray | float) -> np.ndarray:
         """Total flux in image units of a source of AB magnitude ``mag`` in this band."""
         electrons = self.exposure_s * 10 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zeropoint_mag))
@@ -107,6 +113,15 @@ def band_facts(survey: str, band: str) -> BandFacts:
         effective_wavelength_nm=float(flt.effective_wavelength.to_value("nm")),
         flux_zeropoint=DES_COADD_ZEROPOINT if survey == "DES" else None,
     )
+
+
+def stamp_frame(survey: str, bands: tuple[str, ...] | None = None) -> PhotometricFrame:
+    """The frame this project writes ``survey``'s pixels in (its simulations, DESIGN.md "Units"): LSST in native
+    electrons over the full exposure (no zeropoints), DES in coadd units at ``DES_COADD_ZEROPOINT``."""
+    bands = survey_bands(survey) if bands is None else tuple(bands)
+    facts = [band_facts(survey, b) for b in bands]
+    zeropoints = None if facts[0].flux_zeropoint is None else tuple(f.flux_zeropoint for f in facts)
+    return PhotometricFrame(survey, bands, pixel_scale(survey), zeropoints)
 
 
 def pixel_scale(survey: str) -> float:

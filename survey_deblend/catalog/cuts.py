@@ -16,7 +16,8 @@ import pandas as pd
 from survey_deblend.catalog.schema import UNMEASURED
 from survey_deblend.config.catalog import CutsConfig
 
-SHEAR_COLUMNS = ["COADD_OBJECTS_ID", "E_1", "E_2", "NBC_M", "NBC_C1", "NBC_C2", "W", "ERROR_FLAG", "INFO_FLAG", "SNR_W"]
+SHEAR_COLUMNS = ["COADD_OBJECTS_ID", "E_1", "E_2", "NBC_M", "NBC_C1", "NBC_C2", "W", "ERROR_FLAG", "INFO_FLAG", "SNR_W",
+                 "MEAN_PSF_FWHM", "MEAN_PSF_E1", "MEAN_PSF_E2"]
 POSITION_COLUMNS = ["COADD_OBJECTS_ID", "RA", "DEC"]
 GOLD_QUALITY_COLUMNS = ["MODEST_CLASS", "FLAGS_I"]
 

@@ -40,22 +40,8 @@ from survey_deblend.catalog.readers import CatalogReader, open_catalog
 from survey_deblend.catalog.schema import GOLD_COLUMNS, IM3SHAPE_COLUMNS, WLINFO_COLUMNS
 from survey_deblend.config.catalog import CatalogConfig
 from survey_deblend.errors import ConfigError, InputError
+from survey_deblend.schema import SELECTION_DTYPES
 
-# Output columns of a selection (DESIGN.md, "The run") and their dtypes.
-SELECTION_DTYPES: dict[str, str] = {
-    "coadd_objects_id": "int64",
-    "ra": "float64",
-    "dec": "float64",
-    "snr_w": "float64",
-    "e1_im3shape": "float64",
-    "e2_im3shape": "float64",
-    "nbc_m": "float64",
-    "nbc_c1": "float64",
-    "nbc_c2": "float64",
-    "w": "float64",
-    "error_flag": "int32",
-    "info_flag": "int32",
-}
 _FROM_SHEAR = {
     "coadd_objects_id": ID,
     "snr_w": "SNR_W",
@@ -67,7 +53,10 @@ _FROM_SHEAR = {
     "w": "W",
     "error_flag": "ERROR_FLAG",
     "info_flag": "INFO_FLAG",
-}
+    "psf_fwhm": "MEAN_PSF_FWHM",
+    "psf_e1": "MEAN_PSF_E1",
+    "psf_e2": "MEAN_PSF_E2",
+}  # where each selection column (``schema.SELECTION_DTYPES``) comes from; ra and dec come from the positions
 
 
 @dataclass

@@ -95,9 +95,10 @@ def catalog_frames(
     """The three catalogs for ``objects`` (or ``n`` random ones).
 
     ``objects`` needs ``coadd_objects_id, ra, dec, e1, e2, snr_w, mag_i``; optional ``measured`` (bool),
-    ``error_flag``, ``info_flag``, ``w``, ``nbc_m``, ``nbc_c1``, ``nbc_c2``, ``mag_g/r/z``, ``modest_class``,
-    ``flags_i``, ``z``, ``radius_arcsec``. Given objects, the gold catalog holds exactly them; random ones add
-    ``gold_extra * n`` stars/junk to gold and leave ``gold_missing`` of the galaxies out of it.
+    ``error_flag``, ``info_flag``, ``w``, ``nbc_m``, ``nbc_c1``, ``nbc_c2``, ``psf_fwhm`` (DES pixels),
+    ``psf_e1``, ``psf_e2``, ``mag_g/r/z``, ``modest_class``, ``flags_i``, ``z``, ``radius_arcsec``. Given
+    objects, the gold catalog holds exactly them; random ones add ``gold_extra * n`` stars/junk to gold and leave
+    ``gold_missing`` of the galaxies out of it.
     """
     rng = np.random.default_rng(seed + 1)
     randomised = objects is None
@@ -128,9 +129,9 @@ def catalog_frames(
         "FLUX_R": 10.0 ** (-0.4 * (mag["r"] - 30.0)),
         "RADIUS": _column(objects, "radius_arcsec", rng.lognormal(np.log(0.5), 0.4, n), np.float64),
         "MEAN_RGPP_RP": rng.uniform(1.2, 1.6, n),
-        "MEAN_PSF_E1": rng.normal(0.0, 0.01, n),
-        "MEAN_PSF_E2": rng.normal(0.0, 0.01, n),
-        "MEAN_PSF_FWHM": rng.normal(3.6, 0.3, n),
+        "MEAN_PSF_E1": _column(objects, "psf_e1", rng.normal(0.0, 0.01, n), np.float64),
+        "MEAN_PSF_E2": _column(objects, "psf_e2", rng.normal(0.0, 0.01, n), np.float64),
+        "MEAN_PSF_FWHM": _column(objects, "psf_fwhm", rng.normal(3.6, 0.3, n), np.float64),  # DES pixels
         "RA_SHIFT": rng.normal(0.0, 0.05, n),
         "DEC_SHIFT": rng.normal(0.0, 0.05, n),
         "CHI2": rng.normal(1.0, 0.05, n),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from survey_deblend.surveys import DES_BANDS
+
 
 @dataclass(frozen=True)
 class ImagesConfig:
@@ -13,7 +15,7 @@ class ImagesConfig:
     source: str = "datalab"
     datalab_url: str = "https://datalab.noirlab.edu/sia/des_sva1"
     cutout_collection: str = "des_sva1"
-    bands: tuple[str, ...] = ("g", "r", "i", "z", "Y")
+    bands: tuple[str, ...] = DES_BANDS
     concurrency: int = 4
     timeout_s: float = 30.0
     retries: int = 4

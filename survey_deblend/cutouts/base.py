@@ -61,6 +61,17 @@ class CutoutBatch:
         """Boolean (N,): rows whose stamp can go to inference (``ok`` or ``padded``)."""
         return np.isin(self.status, list(st.USABLE))
 
+    def bands_used(self) -> np.ndarray:
+        """Object array (N,): the bands whose pixels go to the model, in stamp order (``griz``); None where the
+        row is not usable (DESIGN.md "Output columns": ``bands_used``)."""
+        out = np.full(len(self), None, dtype=object)
+        usable = self.usable
+        if usable.any():
+            patterns, inverse = np.unique(self.band_mask[usable], axis=0, return_inverse=True)
+            names = ["".join(b for b, on in zip(self.bands, row, strict=True) if on) for row in patterns]
+            out[usable] = np.asarray(names, dtype=object)[inverse.reshape(-1)]
+        return out
+
     def status_counts(self) -> dict[str, int]:
         """How many rows ended with each status (only statuses that occur)."""
         return dict(sorted(Counter(str(s) for s in self.status).items()))

@@ -1,27 +1,26 @@
 """Per-row status of a cutout: why a stamp is usable or what went wrong fetching it.
 
 Every row a source is asked for gets exactly one of these; nothing is dropped and no fetch failure escapes as
-an exception. ``USABLE`` rows go on to inference; the others keep their row with the reason.
+an exception. ``USABLE`` rows go on to inference; the others keep their row with the reason. The names are owned
+by ``survey_deblend.schema``; this module combines the statuses of a row's bands.
 """
 
 from __future__ import annotations
 
-OK = "ok"
-PADDED = "padded"  # partly off the survey, padded with zeros; still usable
-NO_COVERAGE = "no_coverage"  # no tile of any band covers the position
-ERROR_HTTP = "error_http"  # HTTP error status (5xx after retries, or a 4xx)
-ERROR_TIMEOUT = "error_timeout"  # no (complete) answer within the timeout, after retries
-ERROR_BAD_FITS = "error_bad_fits"  # truncated, HTML or otherwise unreadable body
-ERROR_WRONG_SIZE = "error_wrong_size"  # the cutout does not hold the stamp asked for
-ERROR_NAN = "error_nan"  # non-finite pixels in the stamp
-ERROR_CONNECTION = "error_connection"  # connection refused or reset
-ERROR_OFF_HOST = "error_off_host"  # the service pointed at a host other than the configured one; not followed
-
-USABLE = frozenset({OK, PADDED})
-FAILURES = frozenset(
-    {ERROR_HTTP, ERROR_TIMEOUT, ERROR_BAD_FITS, ERROR_WRONG_SIZE, ERROR_NAN, ERROR_CONNECTION, ERROR_OFF_HOST}
+from survey_deblend.schema import (  # noqa: F401  (the names are re-exported: ``cutouts.status.OK`` etc.)
+    ERROR_BAD_FITS,
+    ERROR_CONNECTION,
+    ERROR_HTTP,
+    ERROR_NAN,
+    ERROR_OFF_HOST,
+    ERROR_TIMEOUT,
+    ERROR_WRONG_SIZE,
+    FAILURES,
+    NO_COVERAGE,
+    OK,
+    PADDED,
+    USABLE,
 )
-ALL = USABLE | {NO_COVERAGE} | FAILURES
 
 
 def combine_band_statuses(statuses: list[str]) -> str:

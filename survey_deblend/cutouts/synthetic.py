@@ -14,8 +14,9 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from survey_deblend.cutouts.geometry import tangent_offsets_deg
+from survey_deblend.surveys import DES_BANDS, DES_COADD_ZEROPOINT, pixel_scale
 
-DES_PIXEL_SCALE_ARCSEC = 0.2637  # surveycodex.get_survey("DES").pixel_scale; kept literal to stay import-light
+DES_PIXEL_SCALE_ARCSEC = pixel_scale("DES")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ def render(wcs: WCS, shape: tuple[int, int], blobs: list[Blob], scale_arcsec: fl
 def write_tile(
     path: str | Path, wcs: WCS, shape: tuple[int, int], blobs: list[Blob], band: str, tile: str,
     scale_arcsec: float | None = None, compress: bool = False, noise_sigma: float = 0.0, seed: int = 0,
+    zeropoint: float = DES_COADD_ZEROPOINT,
 ) -> Path:
-    """Write a tile-band FITS: empty primary, SCI in HDU 1 with the WCS, MAGZERO=30, BAND and TILENAME."""
+    """Write a tile-band FITS: empty primary, SCI in HDU 1 with the WCS, MAGZERO (``zeropoint``), BAND, TILENAME."""
     path = Path(path)
     if scale_arcsec is None:
         scale_arcsec = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0)
@@ -83,7 +85,7 @@ def write_tile(
     if noise_sigma > 0:
         data += np.random.default_rng(seed).normal(0.0, noise_sigma, size=shape).astype(np.float32)
     header = wcs.to_header()
-    header["MAGZERO"] = (30.0, "coadd magnitude zeropoint")
+    header["MAGZERO"] = (zeropoint, "coadd magnitude zeropoint")
     header["EXPTIME"] = (900.0, "effective exposure time (s)")
     header["BAND"] = band
     header["TILENAME"] = tile
@@ -97,7 +99,7 @@ def write_tile(
 
 def write_field(
     out_dir: str | Path, centres: list[tuple[float, float]], blobs: list[Blob], tile_size_pix: int = 400,
-    bands: tuple[str, ...] = ("g", "r", "i", "z", "Y"), band_flux_scale: dict[str, float] | None = None,
+    bands: tuple[str, ...] = DES_BANDS, band_flux_scale: dict[str, float] | None = None,
     missing: set[tuple[int, str]] = frozenset(), names: list[str] | None = None, **tile_kwargs,
 ) -> list[Path]:
     """Tiles ``{name}_r0001p01_{band}.fits`` at ``centres``; ``missing`` (tile index, band) pairs are skipped.

@@ -15,6 +15,7 @@ import numpy as np
 
 from survey_deblend.evaluation import plots
 from survey_deblend.evaluation.render import Section, Table, fmt, fmt_pm, to_html, to_markdown, to_text
+from survey_deblend.evaluation.run_data import USABLE_STATUSES
 from survey_deblend.evaluation.run_eval import RunEvaluation, evaluate_run
 
 __all__ = ["REPORT_DIRNAME", "build_run_report", "comparison_table", "main_table", "write_report"]
@@ -137,7 +138,8 @@ def build_run_report(ev: RunEvaluation, report_dir: Path) -> tuple[list[Section]
     """Sections of the report and the ``metrics.json`` content; writes the PNGs into ``report_dir``."""
     sections = [Section("Summary", paragraphs=[
         f"Run folder {ev.out_dir}: {ev.n_rows} galaxies in {len(ev.parts)} Parquet part(s); "
-        f"{ev.n_usable} usable (status ok/padded with finite predicted and im3shape ellipticities)."])]
+        f"{ev.n_usable} usable (status {'/'.join(USABLE_STATUSES)} with finite predicted and im3shape "
+        "ellipticities)."])]
     status_rows = [[k, fmt(v)] for k, v in sorted(ev.status_counts.items())]
     sections[0].tables.append(Table("Galaxies per status", ["status", "galaxies"], status_rows))
     if ev.comparisons:

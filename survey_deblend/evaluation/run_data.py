@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from survey_deblend.catalog.match import ID as CATALOG_ID
+from survey_deblend.catalog.schema import UNMEASURED
 from survey_deblend.errors import InputError
+from survey_deblend.schema import OUTPUT_COLUMNS, USABLE
 
 __all__ = [
     "MAG_COLUMNS",
@@ -29,18 +32,10 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("coadd_objects_id", "status", "snr_w", "e1_im3shape", "e2_im3shape", "e1_pred", "e2_pred")
-USABLE_STATUSES = ("ok", "padded")
-MISSING_SENTINEL = -9999.0  # DES SVA1's value for "not measured"
-
-# Accepted spellings in a truth file, first match wins (the simulation stage defines the file; read defensively).
-TRUTH_COLUMNS = {
-    "e1_true": ("e1", "e1_true", "g1", "g1_true", "e1_label"),
-    "e2_true": ("e2", "e2_true", "g2", "g2_true", "e2_label"),
-    "z_true": ("z", "z_true", "redshift"),
-    "mag_true": ("mag_i", "mag_auto_i", "mag", "i_mag"),
-    "n_neighbours": ("n_neighbours", "n_neighbors", "n_neighbours_3arcsec", "n_blend", "neighbours"),
-}
-ID_SPELLINGS = ("coadd_objects_id", "COADD_OBJECTS_ID", "id", "object_id")
+USABLE_STATUSES = tuple(sorted(USABLE))
+NUMERIC_COLUMNS = tuple(c.name for c in OUTPUT_COLUMNS if c.dtype == "float64")
+MISSING_SENTINEL = UNMEASURED  # DES SVA1's value for "not measured"
+MAG_COLUMNS = ("MAG_AUTO_I",)  # the i magnitude of the gold and wlinfo catalogs (catalog.schema)
 MANIFEST_NAMES = ("_manifest.json", "manifest.json")  # the pipeline writes _manifest.json (pyarrow skips it)
 
 
@@ -109,8 +104,7 @@ def usable_rows(table: pd.DataFrame) -> pd.DataFrame:
     Numeric shape columns come back as float64 with -9999 turned into NaN.
     """
     out = table[table["status"].astype(str).isin(USABLE_STATUSES)].copy()
-    for col in ("snr_w", "e1_im3shape", "e2_im3shape", "e1_pred", "e2_pred", "e1_recon", "e2_recon",
-                "nbc_m", "nbc_c1", "nbc_c2", "w", "z_pred", "e_sigma_pred"):
+    for col in NUMERIC_COLUMNS:
         if col in out.columns:
             out[col] = _clean(out[col])
     keep = np.isfinite(out["e1_pred"]) & np.isfinite(out["e2_pred"])
@@ -121,8 +115,8 @@ def usable_rows(table: pd.DataFrame) -> pd.DataFrame:
 def read_truth(path: str | Path) -> pd.DataFrame:
     """Read a truth table (Parquet, CSV or FITS) into ``coadd_objects_id`` plus the canonical truth columns.
 
-    Canonical names: ``e1_true``, ``e2_true`` (required), ``z_true``, ``mag_true``, ``n_neighbours``
-    (when present under one of the spellings in ``TRUTH_COLUMNS``).
+    Canonical names: ``e1_true``, ``e2_true`` (required), ``z_true``, ``mag_true``, ``n_neighbours``, read from
+    the columns the simulation writes (``sim.field.TRUTH_COLUMNS``, one spelling each).
     """
     path = Path(path)
     if not path.is_file():
@@ -138,20 +132,20 @@ def read_truth(path: str | Path) -> pd.DataFrame:
             raw = pd.read_parquet(path)
     except Exception as exc:
         raise InputError(f"cannot read truth file {path}: {exc}".splitlines()[0]) from exc
-    id_col = next((c for c in ID_SPELLINGS if c in raw.columns), None)
-    if id_col is None:
-        raise InputError(f"truth file {path} has no coadd_objects_id column")
-    out = pd.DataFrame({"coadd_objects_id": pd.to_numeric(raw[id_col], errors="coerce")})
+    from survey_deblend.sim.field import TRUTH_COLUMNS, TRUTH_ID
+
+    if TRUTH_ID not in raw.columns:
+        raise InputError(f"truth file {path} has no {TRUTH_ID} column")
+    out = pd.DataFrame({"coadd_objects_id": pd.to_numeric(raw[TRUTH_ID], errors="coerce")})
     if out["coadd_objects_id"].isna().any():
-        raise InputError(f"truth file {path}: column {id_col} has missing or non-integer values")
+        raise InputError(f"truth file {path}: column {TRUTH_ID} has missing or non-integer values")
     out["coadd_objects_id"] = out["coadd_objects_id"].astype(np.int64)
-    for canon, spellings in TRUTH_COLUMNS.items():
-        col = next((c for c in spellings if c in raw.columns), None)
-        if col is not None:
-            out[canon] = _clean(raw[col])
+    for canon, name in TRUTH_COLUMNS.items():
+        if name in raw.columns:
+            out[canon] = _clean(raw[name])
     for needed in ("e1_true", "e2_true"):
         if needed not in out.columns:
-            raise InputError(f"truth file {path} has no {needed[:2]} column (tried {', '.join(TRUTH_COLUMNS[needed])})")
+            raise InputError(f"truth file {path} has no {TRUTH_COLUMNS[needed]} column")
     dup = out["coadd_objects_id"].duplicated()
     if dup.any():
         first = int(out.loc[dup, "coadd_objects_id"].iloc[0])
@@ -177,9 +171,6 @@ def attach_truth(usable: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFram
     return merged, unmatched
 
 
-MAG_COLUMNS = ("MAG_AUTO_I", "mag_auto_i")
-
-
 def magnitudes_from_catalogs(manifest: dict | None, ids: np.ndarray, chunk_rows: int = 2_000_000,
                              ) -> tuple[pd.Series | None, str]:
     """i-band ``MAG_AUTO_I`` of ``ids`` from the run's gold (or wlinfo) catalog named in the manifest's config.
@@ -200,7 +191,7 @@ def magnitudes_from_catalogs(manifest: dict | None, ids: np.ndarray, chunk_rows:
         except InputError as exc:
             tried.append(str(exc))
             continue
-        id_col = next((c for c in ID_SPELLINGS if c in reader.columns), None)
+        id_col = CATALOG_ID if CATALOG_ID in reader.columns else None
         mag_col = next((c for c in MAG_COLUMNS if c in reader.columns), None)
         if id_col is None or mag_col is None:
             tried.append(f"{path}: no {'id' if id_col is None else 'MAG_AUTO_I'} column")

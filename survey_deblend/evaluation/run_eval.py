@@ -182,15 +182,10 @@ def evaluate_run(out_dir: str | Path, truth: str | Path | None = None, bootstrap
         rows.append({"key": comp.key, "estimate": comp.estimate, "reference": comp.reference,
                      "weighted": comp.weight_col is not None, **_metrics(df, comp, bootstrap, seed)})
     mag_note = "magnitudes: i from the truth file" if "mag_true" in df.columns else ""
-    if "mag_true" not in df.columns and len(df):
-        mag_col = next((c for c in ("mag_i", "mag_auto_i", "mag") if c in df.columns), None)
-        if mag_col:
-            df["mag_true"] = pd.to_numeric(df[mag_col], errors="coerce")
-            mag_note = f"magnitudes: column {mag_col} of the run"
-        else:
-            mags, mag_note = magnitudes_from_catalogs(run.manifest, df["coadd_objects_id"].to_numpy())
-            if mags is not None:
-                df["mag_true"] = df["coadd_objects_id"].astype(np.int64).map(mags).astype(np.float64)
+    if "mag_true" not in df.columns and len(df):  # the output has no magnitude: the run's catalogs do
+        mags, mag_note = magnitudes_from_catalogs(run.manifest, df["coadd_objects_id"].to_numpy())
+        if mags is not None:
+            df["mag_true"] = df["coadd_objects_id"].astype(np.int64).map(mags).astype(np.float64)
     binned: dict[str, list[dict]] = {}
     binned_keys = {"pred_vs_im3shape", "pred_vs_truth", "im3shape_vs_truth"}
     for comp in comps:

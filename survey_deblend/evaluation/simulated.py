@@ -37,10 +37,14 @@ def _frame(dataset, prefix: str) -> dict[str, Any]:
     if not isinstance(block, dict) or "bands" not in block or "pixel_scale_arcsec" not in block:
         raise InputError(f"{dataset.path}: manifest has no bands/pixel_scale_arcsec for the '{prefix or 'LSST'}' "
                          "stamps")
+    from survey_deblend.sim.lsst import stamps_frame
+
+    photometric = stamps_frame(man, prefix)
     return {
-        "survey": "LSST" if prefix == "" else prefix.rstrip("_").upper(),
-        "bands": tuple(block["bands"]),
-        "pixel_scale": float(block["pixel_scale_arcsec"]),
+        "survey": photometric.survey,
+        "bands": photometric.bands,
+        "pixel_scale": photometric.pixel_scale_arcsec,
+        "zeropoints": photometric.zeropoints,
         "psf_model": block.get("psf_model", man.get("psf_model", "moffat")),
         "psf_fwhm": block.get("psf_fwhm_arcsec", {}),
         "sky_sigma": block.get("sky_sigma", {}),
@@ -97,12 +101,13 @@ def _estimate(predictor, dataset, idx: np.ndarray, frame: dict, prefix: str, ban
             psf = _psf_image(frame, band, blend.shape[-1])
             if sky_var == 0.0:  # noise variance straight from the isolated-minus-clean residual
                 sky_var = float(np.var(isolated[:, b] - clean[:, b]))
-        pred = predictor.predict(blend, frame["bands"], frame["pixel_scale"], **predict_kwargs)
+        pred = predictor.predict(blend, frame["bands"], frame["pixel_scale"], zeropoints=frame["zeropoints"],
+                                 survey=frame["survey"], **predict_kwargs)
         for k, col in enumerate(("e1_pred", "e2_pred")):
             shapes["model"][k].append(pred[col].to_numpy(dtype=np.float64))
         z_pred.append(pred["z_pred"].to_numpy(dtype=np.float64) if "z_pred" in pred else np.full(len(chunk), np.nan))
-        recon = predictor.reconstruct(blend, frame["bands"], frame["pixel_scale"]) \
-            if hasattr(predictor, "reconstruct") else None
+        recon = predictor.reconstruct(blend, frame["bands"], frame["pixel_scale"], zeropoints=frame["zeropoints"],
+                                      survey=frame["survey"]) if hasattr(predictor, "reconstruct") else None
         comparable = recon is not None and same_frame and recon.shape == clean.shape
         if comparable:
             r1, r2 = measure_hsm_batch(recon[:, b], psf, frame["pixel_scale"])

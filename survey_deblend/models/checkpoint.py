@@ -155,11 +155,10 @@ def write_untrained_checkpoint(path: str | Path, seed: int = 0, arch: Architectu
         }
     finally:
         torch.random.set_rng_state(generator_state)
-    import surveycodex
+    from survey_deblend.surveys import band_facts
 
     m_b = [200.0, 1500.0, 3000.0, 3000.0, 2000.0, 800.0]
-    lsst = surveycodex.get_survey("LSST")
-    psf = {b: float(lsst.get_filter(b).psf_fwhm.to_value("arcsec")) for b in MODEL_BANDS}
+    psf = {b: band_facts("LSST", b).psf_fwhm_arcsec for b in MODEL_BANDS}
     metadata = base_metadata(arch, m_b, psf_fwhm_arcsec=psf)
     metadata["training_data"] = {"description": "untrained: random weights for tests", "seed": seed}
     metadata["train_stats"] = {"median_max": m_b}

@@ -17,6 +17,7 @@ import pandas as pd
 from survey_deblend.config import load
 from survey_deblend.config.run import RunConfig
 from survey_deblend.errors import ConfigError
+from survey_deblend.schema import USABLE
 
 FIELD_DIR = "field"
 OUT_DIR = "out"
@@ -81,7 +82,7 @@ def image_source(kind: str, tiles_dir: Path) -> Iterator[str]:
 
 def compare_with_im3shape(frame: pd.DataFrame) -> str:
     """Predicted versus im3shape ellipticities over the usable rows: n, mean difference, RMSE, correlation."""
-    usable = frame[frame["status"].isin(["ok", "padded"])]
+    usable = frame[frame["status"].isin(list(USABLE))]
     lines = [f"predicted vs im3shape ({len(usable):,} usable of {len(frame):,} galaxies)",
              "component  mean(pred - im3shape)    rmse  pearson r"]
     for comp in ("e1", "e2"):

@@ -21,8 +21,9 @@ class PredictorPlugin(WorkerPlugin):
     name = PLUGIN_NAME
 
     def __init__(self, checkpoint: str | Path | None, device: str | None = None, bf16: bool = False,
-                 compile: bool = False, model_id: str | None = None):
+                 compile: bool = False, model_id: str | None = None, batch_size: int | None = None):
         self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.batch_size = batch_size  # the run's ``model.batch_size`` (None: the Predictor's default)
         self.model_id = model_id  # the file hash: a rewritten checkpoint at the same path is a new model
         self.device = device
         self.bf16 = bf16
@@ -44,7 +45,7 @@ class PredictorPlugin(WorkerPlugin):
 
     def settings(self) -> tuple:
         """What determines the Predictor; a run re-registers the plugin only when these differ."""
-        return (self.checkpoint, self.model_id, self.device, self.bf16, self.compile)
+        return (self.checkpoint, self.model_id, self.device, self.bf16, self.compile, self.batch_size)
 
     def setup(self, worker: Any) -> None:
         self._nthreads = max(1, int(getattr(worker.state, "nthreads", 1)))
@@ -61,8 +62,9 @@ class PredictorPlugin(WorkerPlugin):
 
                     # One torch thread per Dask thread: several workers on one machine must not oversubscribe.
                     torch.set_num_threads(self._nthreads)
+                    options = {} if self.batch_size is None else {"batch_size": int(self.batch_size)}
                     self._predictor = Predictor.from_checkpoint(
-                        self.checkpoint, device=self.device, bf16=self.bf16, compile=self.compile
+                        self.checkpoint, device=self.device, bf16=self.bf16, compile=self.compile, **options
                     )
                     self.load_count += 1
         return self._predictor

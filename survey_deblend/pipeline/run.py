@@ -27,7 +27,8 @@ from survey_deblend.pipeline.manifest import config_hash, prepare_output, write_
 from survey_deblend.pipeline.plan import PART_PREFIX, Partition, ResumePlan, plan_partitions
 from survey_deblend.pipeline.plugin import PredictorPlugin, ensure_plugin
 from survey_deblend.pipeline.progress import ProgressLine, format_summary
-from survey_deblend.pipeline.tasks import CATALOG_COLUMNS, fetch_stamps, predict_shapes, write_partition
+from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, write_partition
+from survey_deblend.schema import CATALOG_COLUMNS
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _submit_partition(
         key=f"fetch-{run_id}-{pid}", retries=2, pure=False,
     )
     predictions = client.submit(
-        predict_shapes, stamps, config.model.batch_size, config.model.measure_recon,
+        predict_shapes, stamps, config.model.measure_recon,
         key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
     out = str(Path(config.output.out).resolve())
@@ -176,7 +177,8 @@ def run(config: RunConfig, client: Client, stream: TextIO | None = None) -> RunS
         file=stream,
     )
     plugin = PredictorPlugin(
-        model.path, config.model.device, config.model.bf16, config.model.compile, model_id=model.model_id
+        model.path, config.model.device, config.model.bf16, config.model.compile, model_id=model.model_id,
+        batch_size=config.model.batch_size,
     )
     ensure_plugin(client, plugin)
 

@@ -1,7 +1,7 @@
 """The stage functions of a run: plain values in, plain values out, testable without a cluster.
 
 ``fetch_stamps`` -> ``predict_shapes`` -> ``write_partition``; the futures graph in ``run.py`` chains them per
-partition. The output columns and types are DESIGN.md's "Output columns", held once in ``OUTPUT_SCHEMA``.
+partition. The output columns, their types, units and descriptions are owned by ``survey_deblend.schema``.
 """
 
 from __future__ import annotations
@@ -17,39 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from survey_deblend.pipeline.plan import TMP_PREFIX, ResumePlan
-
-CATALOG_COLUMNS = (
-    "coadd_objects_id",
-    "ra",
-    "dec",
-    "snr_w",
-    "e1_im3shape",
-    "e2_im3shape",
-    "nbc_m",
-    "nbc_c1",
-    "nbc_c2",
-    "w",
-)
-PREDICTION_COLUMNS = ("e1_pred", "e2_pred", "e_sigma_pred", "z_pred", "e1_recon", "e2_recon")
-
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("coadd_objects_id", pa.int64()),
-        ("ra", pa.float64()),
-        ("dec", pa.float64()),
-        ("tile", pa.string()),
-        ("snr_w", pa.float64()),
-        ("e1_im3shape", pa.float64()),
-        ("e2_im3shape", pa.float64()),
-        ("nbc_m", pa.float64()),
-        ("nbc_c1", pa.float64()),
-        ("nbc_c2", pa.float64()),
-        ("w", pa.float64()),
-        *[(name, pa.float64()) for name in PREDICTION_COLUMNS],
-        ("status", pa.string()),
-        ("model", pa.string()),
-        ("run_id", pa.string()),
-    ]
+from survey_deblend.schema import (
+    CATALOG_COLUMNS,
+    CUTOUT_COLUMNS,
+    OUTPUT_NAMES,
+    PREDICTION_COLUMNS,
+    arrow_schema,
 )
 
 
@@ -58,57 +31,33 @@ def fetch_stamps(source: Any, ra: np.ndarray, dec: np.ndarray, size_pix: int) ->
     return source.fetch(np.asarray(ra, dtype=np.float64), np.asarray(dec, dtype=np.float64), int(size_pix))
 
 
-def predict_shapes(
-    batch: Any, batch_size: int = 1024, measure_recon: bool = True, predictor: Any = None
-) -> pd.DataFrame:
-    """Predictions for the usable stamps of a ``CutoutBatch``; other rows get NaN. Adds the stamp ``status``.
+def predict_shapes(batch: Any, measure_recon: bool = True, predictor: Any = None) -> pd.DataFrame:
+    """``Predictor.predict_batch`` of a ``CutoutBatch`` plus what the batch says of each row (``bands_used``,
+    ``status``). ``predictor`` defaults to the one the worker plugin keeps on this worker (loaded once)."""
+    if predictor is None:
+        from survey_deblend.pipeline.plugin import worker_predictor
 
-    ``predictor`` defaults to the one the worker plugin keeps on this worker (loaded once per worker).
-    """
-    from survey_deblend.cutouts.status import USABLE
-
-    status = np.asarray(batch.status).astype(str)
-    result = pd.DataFrame({name: np.full(len(status), np.nan) for name in PREDICTION_COLUMNS})
-    usable = np.flatnonzero(np.isin(status, list(USABLE)))
-    if len(usable):
-        if predictor is None:
-            from survey_deblend.pipeline.plugin import worker_predictor
-
-            predictor = worker_predictor()
-        for start in range(0, len(usable), batch_size):
-            chunk = usable[start : start + batch_size]
-            predicted = predictor.predict(
-                batch.images[chunk],
-                bands=tuple(batch.bands),
-                pixel_scale=float(batch.pixel_scale_arcsec),
-                band_mask=batch.band_mask[chunk],
-                measure_recon=measure_recon,
-            )
-            for name in PREDICTION_COLUMNS:
-                result.loc[chunk, name] = np.asarray(predicted[name], dtype=np.float64)
-    result["status"] = status
-    return result
+        predictor = worker_predictor()
+    predictions = predictor.predict_batch(batch, measure_recon=measure_recon)
+    return predictions.assign(bands_used=batch.bands_used(), status=np.asarray(batch.status).astype(str))
 
 
 def assemble_partition(
     rows: pd.DataFrame, tile: str, predictions: pd.DataFrame, model_id: str, run_id: str
 ) -> pd.DataFrame:
-    """The output rows of one partition, in the column order and types of ``OUTPUT_SCHEMA``."""
+    """The output rows of one partition, in the column order and types of the output schema."""
     if len(rows) != len(predictions):
         raise ValueError(f"partition of {len(rows)} galaxies got {len(predictions)} predictions")
-    frame = pd.DataFrame({name: rows[name].to_numpy() for name in CATALOG_COLUMNS})
-    frame.insert(3, "tile", tile)
-    for name in PREDICTION_COLUMNS:
-        frame[name] = predictions[name].to_numpy(dtype=np.float64)
-    frame["status"] = predictions["status"].to_numpy().astype(str)
-    frame["model"] = model_id
-    frame["run_id"] = run_id
-    return frame
+    columns: dict[str, Any] = {name: rows[name].to_numpy() for name in CATALOG_COLUMNS}
+    columns.update({name: predictions[name].to_numpy() for name in CUTOUT_COLUMNS})
+    columns.update({name: predictions[name].to_numpy(dtype=np.float64) for name in PREDICTION_COLUMNS})
+    columns.update(tile=tile, model=model_id, run_id=run_id)
+    return pd.DataFrame({name: columns[name] for name in OUTPUT_NAMES})
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` with ``OUTPUT_SCHEMA`` under a temporary name beside ``path``, fsync, then rename."""
-    table = pa.Table.from_pandas(frame, schema=OUTPUT_SCHEMA, preserve_index=False)
+    """Write ``frame`` with the output schema under a temporary name beside ``path``, fsync, then rename."""
+    table = pa.Table.from_pandas(frame, schema=arrow_schema(), preserve_index=False)
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet")
     try:
         pq.write_table(table, tmp)

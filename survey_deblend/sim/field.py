@@ -234,13 +234,24 @@ def make_des_field(
     return FieldPaths(tiles_dir=tiles_dir, truth=out / "truth.parquet", **paths)
 
 
+# The truth table's columns that evaluation reads, by meaning: one spelling each (``truth_table`` writes them).
+TRUTH_COLUMNS: dict[str, str] = {
+    "e1_true": "e1",
+    "e2_true": "e2",
+    "z_true": "z",
+    "mag_true": "mag_i",  # DES i
+    "n_neighbours": "n_neighbours_3arcsec",
+}
+TRUTH_ID = "coadd_objects_id"
+
+
 def truth_table(pop: Population, ra: np.ndarray, dec: np.ndarray, snr: np.ndarray, tiles: list[Tile]) -> pd.DataFrame:
     """One row per simulated galaxy: identity, position, true shape and shear, redshift, photometry, SNR."""
     e1, e2 = pop.label
     n = len(pop)
     table = pd.DataFrame(
         {
-            "coadd_objects_id": 3_000_000_000 + np.arange(n, dtype=np.int64) * 7,
+            TRUTH_ID: 3_000_000_000 + np.arange(n, dtype=np.int64) * 7,
             "ra": ra,
             "dec": dec,
             "e1": e1,

@@ -6,7 +6,8 @@ noise of spread ``min(0.4, 2.5 / SNR_W)`` per component (kept inside |E| < 0.99)
 SNR from the galaxy's rendered flux profile and the sky noise; objects with SNR_W < 8 and a random
 ``unmeasured_fraction`` are unmeasured (-9999 rows); random fractions of the measured rows carry ERROR_FLAG /
 INFO_FLAG bits; NBC_M falls with SNR like im3shape's noise bias. Catalog magnitudes are the true DES
-magnitudes plus photometric noise; MEAN_PHOTOZ is a noisy photo-z, never the true redshift. The truth
+magnitudes plus photometric noise; MEAN_PHOTOZ is a noisy photo-z, never the true redshift; MEAN_PSF_* describe
+the simulated r-band PSF (round, surveycodex FWHM in DES pixels). The truth
 (shapes, shear, redshift) stays in ``truth.parquet``.
 """
 
@@ -20,6 +21,9 @@ import pandas as pd
 from survey_deblend.catalog.synthetic import write_catalogs
 from survey_deblend.config.sim import FieldSimConfig
 from survey_deblend.sim.scenes import sample_rng
+from survey_deblend.surveys import band_facts
+
+SHEAR_BAND = "r"  # im3shape measured SVA1 shapes in r (DES_SVA1.md)
 
 MIN_MEASURED_SNR = 8.0
 
@@ -65,10 +69,22 @@ def catalog_objects(truth: pd.DataFrame, cfg: FieldSimConfig) -> pd.DataFrame:
             "nbc_c2": rng.normal(0.0, 5e-4, n),
             "z": np.clip(z + rng.normal(0.0, 1.0, n) * 0.08 * (1 + z), 0.0, None),  # photo-z, not the truth
             "radius_arcsec": det["hlr_arcsec"].to_numpy(float),
+            **psf_columns(n),
             "modest_class": np.ones(n, dtype=np.int16),
             "flags_i": np.where(rng.random(n) < 0.01, 4, 0).astype(np.int16),
         }
     )
+
+
+def psf_columns(n: int) -> dict[str, np.ndarray]:
+    """im3shape's MEAN_PSF_* for ``n`` galaxies of the field: the simulated r-band PSF (one round profile with the
+    surveycodex FWHM, ``sim.psf``), its FWHM in DES pixels as im3shape reports it."""
+    facts = band_facts("DES", SHEAR_BAND)
+    return {
+        "psf_fwhm": np.full(n, facts.psf_fwhm_arcsec / facts.pixel_scale_arcsec),
+        "psf_e1": np.zeros(n),
+        "psf_e2": np.zeros(n),
+    }
 
 
 def write_field_catalogs(out_dir: str | Path, objects: pd.DataFrame, cfg: FieldSimConfig) -> dict[str, Path]:

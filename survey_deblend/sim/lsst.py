@@ -32,7 +32,7 @@ from survey_deblend.sim.dataset import MANIFEST_NAME, ShardInfo, field_specs, sh
 from survey_deblend.sim.psf import psf_description
 from survey_deblend.sim.render import StampRenderer
 from survey_deblend.sim.scenes import Scene, draw_scene, sample_rng
-from survey_deblend.surveys import DES_BANDS, LSST_BANDS, band_facts
+from survey_deblend.surveys import DES_BANDS, LSST_BANDS, PhotometricFrame, band_facts, stamp_frame
 
 GENERATOR = "survey_deblend.sim.lsst/1"
 TRUTH_DTYPES: dict[str, str] = {
@@ -155,8 +155,11 @@ def build_manifest(cfg: LsstSimConfig, shards: list[ShardInfo], fields: dict[str
 
     def survey_block(survey: str, bands: tuple[str, ...]) -> dict[str, Any]:
         facts = [band_facts(survey, b) for b in bands]
+        zeropoints = stamp_frame(survey, bands).zeropoints
         return {
+            "survey": survey,
             "bands": list(bands),
+            "zeropoints": None if zeropoints is None else list(zeropoints),
             "pixel_scale_arcsec": facts[0].pixel_scale_arcsec,
             "stamp_size": cfg.stamp_size,
             "psf_model": cfg.psf_model,
@@ -182,6 +185,19 @@ def build_manifest(cfg: LsstSimConfig, shards: list[ShardInfo], fields: dict[str
     if cfg.des_pairs:
         manifest["des"] = survey_block("DES", DES_BANDS)
     return manifest
+
+
+def stamps_frame(manifest: dict[str, Any], prefix: str = "") -> PhotometricFrame:
+    """The photometric frame of a data set's stamps from its manifest: the LSST stamps (``prefix=""``, native
+    electrons) or the DES pairs (``"des_"``, coadd units). Manifests written before the frame was recorded get
+    the frame the simulation wrote them in (``surveys.stamp_frame``)."""
+    survey = "LSST" if prefix == "" else prefix.rstrip("_").upper()
+    block = manifest if prefix == "" else manifest.get(prefix.rstrip("_"))
+    if not isinstance(block, dict) or "bands" not in block or "pixel_scale_arcsec" not in block:
+        raise SurveyDeblendError(f"data set manifest has no bands/pixel_scale_arcsec for its {survey} stamps")
+    bands = tuple(block["bands"])
+    zeropoints = block["zeropoints"] if "zeropoints" in block else stamp_frame(survey, bands).zeropoints
+    return PhotometricFrame(block.get("survey", survey), bands, float(block["pixel_scale_arcsec"]), zeropoints)
 
 
 def make_lsst_dataset(

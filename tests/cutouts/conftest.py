@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from survey_deblend.cutouts.synthetic import Blob, tile_wcs, write_field
+from survey_deblend.surveys import DES_BANDS
 
 TILE = 400
 CENTRE = (80.0, -50.0)
-BANDS = ("g", "r", "i", "z", "Y")
+BANDS = DES_BANDS
 # Tile 1 sits 300 px east of tile 0 (east = -x in tile 0): they overlap over tile-0 columns 0..99.
 TILE1_OFFSET_PIX = 300
 # Positions in tile-0 pixel coordinates (x, y), all on pixel centres.

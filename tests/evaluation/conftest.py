@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from survey_deblend.sim.field import TRUTH_COLUMNS, TRUTH_ID
+
 N_GALAXIES = 400
 SLOPE, OFFSET = 1.1, 0.01  # predictions = SLOPE * truth + OFFSET, exactly
 
@@ -49,13 +51,13 @@ def make_run_table(n: int = N_GALAXIES, seed: int = 7) -> tuple[pd.DataFrame, pd
         "run_id": "run-test",
     })
     table.loc[np.isin(status, ["error_http", "no_coverage"]), ["e1_recon", "e2_recon"]] = np.nan
-    truth = pd.DataFrame({
-        "coadd_objects_id": ids,
-        "e1": e_true[:, 0],
-        "e2": e_true[:, 1],
-        "z": rng.uniform(0.2, 1.2, n),
-        "mag_i": rng.uniform(19.0, 24.0, n),
-        "n_neighbours": rng.integers(0, 5, n),
+    truth = pd.DataFrame({  # the columns a simulated field's truth.parquet has (sim.field.TRUTH_COLUMNS)
+        TRUTH_ID: ids,
+        TRUTH_COLUMNS["e1_true"]: e_true[:, 0],
+        TRUTH_COLUMNS["e2_true"]: e_true[:, 1],
+        TRUTH_COLUMNS["z_true"]: rng.uniform(0.2, 1.2, n),
+        TRUTH_COLUMNS["mag_true"]: rng.uniform(19.0, 24.0, n),
+        TRUTH_COLUMNS["n_neighbours"]: rng.integers(0, 5, n),
     })
     return table, truth
 

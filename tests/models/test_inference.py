@@ -6,9 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from survey_deblend.cutouts.base import CutoutBatch
 from survey_deblend.errors import InputError, SurveyDeblendError
-from survey_deblend.inference import PREDICTION_COLUMNS, Predictor
+from survey_deblend.inference import Predictor
 from survey_deblend.preprocess import flux_conversion_factors
+from survey_deblend.schema import PREDICTION_COLUMNS
+from survey_deblend.surveys import LSST_BANDS, PhotometricFrame, stamp_frame
+
+DES = stamp_frame("DES")  # DES coadd units at the DES zeropoint, DES pixel scale
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +61,81 @@ def test_des_stamps_are_mapped_resampled_and_u_masked(untrained_checkpoint, lsst
     size = pred.source_stamp_size(0.2637)
     assert size == 35
     des = np.random.default_rng(0).normal(0, 1, (4, 5, size, size)).astype(np.float32)
-    normed, mask = pred.prepare(des, ("g", "r", "i", "z", "Y"), 0.2637)
+    normed, mask = pred.prepare(des, DES.bands, DES.pixel_scale_arcsec, zeropoints=DES.zeropoints, survey="DES")
     assert normed.shape == (4, 6, 45, 45) and not mask[:, 0].any() and mask[:, 1:].all()
     assert np.all(normed[:, 0] == 0)
-    out = pred.predict(des, ("g", "r", "i", "z", "Y"), 0.2637, measure_recon=False)
+    out = pred.predict(des, DES.bands, DES.pixel_scale_arcsec, measure_recon=False, zeropoints=30.0, survey="DES")
     assert len(out) == 4 and np.isfinite(out["e1_pred"]).all()
     # the same galaxy as DES units at zeropoint 30 and as LSST electrons lands on the same model input
     lsst = lsst_stamps[:2, 1:]  # grizy in LSST electrons at 0.2"
-    factors = flux_conversion_factors(30.0, "LSST")[1:]
+    factors = flux_conversion_factors(PhotometricFrame("DES", DES.bands, 0.2, DES.zeropoints), "LSST")[1:]
     as_des = lsst / factors[None, :, None, None].astype(np.float32)
     n1, _ = pred.prepare(lsst, ("g", "r", "i", "z", "y"), 0.2)
-    n2, _ = pred.prepare(as_des, ("g", "r", "i", "z", "Y"), 0.2, zeropoint=30.0)
+    n2, _ = pred.prepare(as_des, DES.bands, 0.2, zeropoints=DES.zeropoints, survey="DES")
     np.testing.assert_allclose(n1, n2, rtol=1e-4, atol=1e-5)
+
+
+def test_units_come_from_the_frame_never_from_band_names(untrained_checkpoint):
+    """DES pixels need zeropoints: without them the Predictor refuses (one line) instead of guessing."""
+    pred = Predictor.from_checkpoint(untrained_checkpoint, device="cpu")
+    des = np.random.default_rng(2).normal(0, 1, (2, 5, 35, 35)).astype(np.float32)
+    with pytest.raises(InputError, match="band 'Y' is not a LSST band") as info:
+        pred.predict(des, DES.bands, DES.pixel_scale_arcsec)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="DES pixels without zeropoints"):
+        pred.predict(des, DES.bands, DES.pixel_scale_arcsec, survey="DES")
+    with pytest.raises(InputError, match="zeropoints: 2 zeropoints for 5 bands"):
+        pred.predict(des, DES.bands, DES.pixel_scale_arcsec, zeropoints=(30.0, 30.0), survey="DES")
+    # a brighter zeropoint in one band is a fainter source: only that band's model input changes
+    a, _ = pred.prepare(des, DES.bands, DES.pixel_scale_arcsec, zeropoints=DES.zeropoints, survey="DES")
+    b, _ = pred.prepare(des, DES.bands, DES.pixel_scale_arcsec, zeropoints=(30, 30, 32.5, 30, 30), survey="DES")
+    np.testing.assert_array_equal(a[:, [1, 2, 4, 5]], b[:, [1, 2, 4, 5]])
+    assert np.abs(b[:, 3]).sum() < np.abs(a[:, 3]).sum()
+
+
+def _batch(images: np.ndarray, frame: PhotometricFrame, status: list[str]) -> CutoutBatch:
+    mask = np.ones(images.shape[:2], dtype=bool)
+    return CutoutBatch(images=images, band_mask=mask, status=np.array(status), frame=frame)
+
+
+def test_predict_batch_is_predict_on_usable_rows_with_nulls_elsewhere(untrained_checkpoint, lsst_stamps):
+    pred = Predictor.from_checkpoint(untrained_checkpoint, device="cpu", batch_size=3)
+    status = ["ok", "no_coverage", "padded", "ok", "error_http", "ok", "ok", "padded"]
+    batch = _batch(lsst_stamps[: len(status)], PhotometricFrame("LSST", LSST_BANDS, 0.2, None), status)
+    batch.band_mask[2, 0] = False
+    out = pred.predict_batch(batch, measure_recon=False)
+    assert list(out.columns) == list(PREDICTION_COLUMNS) and len(out) == len(status)
+    usable = np.flatnonzero(batch.usable)
+    expected = pred.predict(batch.images[usable], LSST_BANDS, 0.2, band_mask=batch.band_mask[usable],
+                            measure_recon=False)
+    np.testing.assert_allclose(out.iloc[usable].to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-6)
+    assert out.iloc[[1, 4]].isna().all().all()
+    filled = ["e1_pred", "e2_pred", "e_sigma_pred", "z_pred", "z_sigma_pred"]
+    assert np.isfinite(out.iloc[usable][filled].to_numpy()).all()
+    # columns this model does not fill (flow head, metacalibration) are present and null
+    assert out[["e1_sample", "e2_sample", "z_lo", "z_hi", "r11", "r12", "r21", "r22"]].isna().all().all()
+    assert batch.bands_used().tolist() == ["ugrizy", None, "grizy", "ugrizy", None, "ugrizy", "ugrizy", "ugrizy"]
+
+
+def test_predict_batch_goes_batch_size_rows_at_a_time(untrained_checkpoint, lsst_stamps, monkeypatch):
+    """``batch_size`` (the run's ``model.batch_size``) is the number of rows per network pass."""
+    import survey_deblend.inference as inference
+
+    sizes = []
+    original = inference.run_in_batches
+
+    def spy(encode, normed, mask, batch_size, *args, **kwargs):
+        sizes.append((len(normed), batch_size))
+        return original(encode, normed, mask, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "run_in_batches", spy)
+    batch = _batch(lsst_stamps[:10], PhotometricFrame("LSST", LSST_BANDS, 0.2, None), ["ok"] * 10)
+    small = Predictor.from_checkpoint(untrained_checkpoint, device="cpu", batch_size=4).predict_batch(batch, False)
+    assert sizes == [(4, 4), (4, 4), (2, 4)]
+    sizes.clear()
+    big = Predictor.from_checkpoint(untrained_checkpoint, device="cpu").predict_batch(batch, False)
+    assert sizes == [(10, 1024)]
+    np.testing.assert_allclose(small.to_numpy(), big.to_numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_inputs_raise_one_line_errors(untrained_checkpoint, lsst_stamps, tmp_path):
@@ -117,5 +185,5 @@ def test_shipped_checkpoint_is_trained_small_and_usable():
     assert meta["trained"] and meta["training_data"]["n_train"] > 1000
     assert 0 < meta["metrics"]["all_bands_snr_gt_20"]["rmse_e"] < 0.2
     des = np.random.default_rng(1).normal(0, 0.5, (3, 5, 35, 35)).astype(np.float32)
-    out = pred.predict(des, ("g", "r", "i", "z", "Y"), 0.2637)
+    out = pred.predict(des, DES.bands, DES.pixel_scale_arcsec, zeropoints=DES.zeropoints, survey="DES")
     assert list(out.columns) == list(PREDICTION_COLUMNS) and np.isfinite(out["e1_pred"]).all()

@@ -9,6 +9,7 @@ import surveycodex
 
 from survey_deblend import preprocess
 from survey_deblend.errors import InputError
+from survey_deblend.surveys import DES_BANDS, PhotometricFrame, pixel_scale
 
 
 def test_normalize_is_tanh_arcsinh_per_band_and_inverts():
@@ -82,13 +83,32 @@ def test_band_mapping_des_into_ugrizy_with_mask():
 
 
 def test_flux_conversion_uses_surveycodex_facts():
-    factors = preprocess.flux_conversion_factors(30.0, "LSST")
+    frame = PhotometricFrame("DES", DES_BANDS, pixel_scale("DES"), (30.0,) * 5)
+    factors = preprocess.flux_conversion_factors(frame, "LSST")
     filt = surveycodex.get_survey("LSST").get_filter("i")
     expected_i = filt.full_exposure_time.value * 10 ** (-0.4 * (30.0 - filt.zeropoint.value))
     assert factors[3] == pytest.approx(expected_i)
     # a magnitude-22 source: 10**(-0.4*(22-30)) DES units -> LSST electrons over the full exposure
     lsst_counts = filt.full_exposure_time.value * 10 ** (-0.4 * (22 - filt.zeropoint.value))
     assert 10 ** (-0.4 * (22 - 30)) * factors[3] == pytest.approx(lsst_counts)
+    assert factors[0] == 1.0  # u: absent from DES, its pixels are zero
+
+
+def test_flux_conversion_reads_each_bands_own_zeropoint():
+    """A tile whose i band has MAGZERO 31 holds 10**0.4 times more units per electron than zeropoint 30."""
+    base = preprocess.flux_conversion_factors(PhotometricFrame("DES", ("r", "i"), 0.2637, (30.0, 30.0)), "LSST")
+    mixed = preprocess.flux_conversion_factors(PhotometricFrame("DES", ("r", "i"), 0.2637, (30.0, 31.0)), "LSST")
+    assert mixed[2] == base[2]
+    assert mixed[3] == pytest.approx(base[3] * 10 ** -0.4)
+
+
+def test_native_frame_only_for_the_model_survey():
+    native = PhotometricFrame("LSST", ("u", "g", "r", "i", "z", "y"), 0.2, None)
+    np.testing.assert_array_equal(preprocess.flux_conversion_factors(native, "LSST"), np.ones(6))
+    with pytest.raises(InputError, match="DES pixels without zeropoints"):
+        preprocess.flux_conversion_factors(PhotometricFrame("DES", DES_BANDS, 0.2637, None), "LSST")
+    with pytest.raises(InputError, match="band 'Y' is not a LSST band"):
+        preprocess.flux_conversion_factors(PhotometricFrame("LSST", ("g", "Y"), 0.2, None), "LSST")
 
 
 def test_source_stamp_size_covers_model_field_and_is_odd():
@@ -107,8 +127,3 @@ def test_dynamic_range_matching_maps_median_max_per_band():
     med = np.median(out.reshape(50, 6, -1).max(axis=2), axis=0)
     np.testing.assert_allclose(med[1:], target[1:], rtol=1e-5)
     assert factors[0] == 1.0
-
-
-def test_source_frame_infers_des_zeropoint():
-    assert preprocess.SourceFrame.infer(("g", "r", "i", "z", "Y"), 0.2637).zeropoint == 30.0
-    assert preprocess.SourceFrame.infer(("u", "g", "r", "i", "z", "y"), 0.2).zeropoint is None

@@ -28,6 +28,11 @@ class SmallField:
     n_low_snr: int
 
 
+def psf_of(row: np.ndarray) -> dict[str, np.ndarray]:
+    """Known im3shape MEAN_PSF_* per catalog row (DES pixels, PSF ellipticity), for the run to carry through."""
+    return {"psf_fwhm": 3.0 + 0.01 * row, "psf_e1": 0.001 * (row % 7), "psf_e2": -0.002 * (row % 5)}
+
+
 def make_small_field(out_dir: Path, n_per_tile: int = 40, tile_size_pix: int = 180, seed: int = 0) -> SmallField:
     """``n_per_tile`` galaxies inside each tile, 3 off the survey, 4 cut by SNR; catalogs in the SVA1 schema."""
     rng = np.random.default_rng(seed)
@@ -50,6 +55,7 @@ def make_small_field(out_dir: Path, n_per_tile: int = 40, tile_size_pix: int = 1
             "coadd_objects_id": FIRST_ID + np.arange(n, dtype=np.int64) * 7,
             "ra": ra, "dec": dec, "e1": e_mod * np.cos(2 * angle), "e2": e_mod * np.sin(2 * angle),
             "snr_w": snr, "mag_i": rng.uniform(20.0, 23.0, n),
+            **psf_of(np.arange(n)),
         }
     )
     blobs = [Blob(r, d, 10 ** (-0.4 * (m - 30.0)), 0.5, 0.4) for r, d, m in zip(ra, dec, objects["mag_i"], strict=True)]

@@ -13,14 +13,13 @@ from conftest import run_config
 from survey_deblend.errors import SurveyDeblendError
 from survey_deblend.pipeline import MANIFEST_NAME, run
 from survey_deblend.pipeline.plugin import PLUGIN_NAME
-from survey_deblend.pipeline.tasks import OUTPUT_SCHEMA
+from survey_deblend.schema import COLUMNS, OUTPUT_NAMES, USABLE
 
-EXPECTED_DTYPES = {
-    "coadd_objects_id": "int64", "ra": "float64", "dec": "float64", "snr_w": "float64",
-    "e1_im3shape": "float64", "e2_im3shape": "float64", "nbc_m": "float64", "nbc_c1": "float64",
-    "nbc_c2": "float64", "w": "float64", "e1_pred": "float64", "e2_pred": "float64", "e_sigma_pred": "float64",
-    "z_pred": "float64", "e1_recon": "float64", "e2_recon": "float64",
-}
+DESIGN_COLUMNS = (  # ../shared/DESIGN.md "Output columns", in that order
+    "coadd_objects_id ra dec tile snr_w e1_im3shape e2_im3shape nbc_m nbc_c1 nbc_c2 w psf_fwhm psf_e1 psf_e2 "
+    "bands_used e1_pred e2_pred e_sigma_pred e1_sample e2_sample z_pred z_sigma_pred z_lo z_hi e1_recon e2_recon "
+    "r11 r12 r21 r22 status model run_id"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +33,48 @@ def finished_run(small_field, checkpoint, client, tmp_path_factory):
 def test_output_has_every_selected_galaxy_once_with_design_columns(finished_run, small_field):
     out, summary, _ = finished_run
     frame = pd.read_parquet(out)  # the manifest and markers beside the parts must not bother pandas
-    assert list(frame.columns) == OUTPUT_SCHEMA.names
-    for name, dtype in EXPECTED_DTYPES.items():
-        assert str(frame[name].dtype) == dtype, name
-    for name in ("tile", "status", "model", "run_id"):
-        assert pd.api.types.is_string_dtype(frame[name]), name
+    assert list(frame.columns) == list(OUTPUT_NAMES) == DESIGN_COLUMNS
+    for name, column in COLUMNS.items():
+        if column.dtype == "string":
+            assert pd.api.types.is_string_dtype(frame[name]), name
+        else:
+            assert str(frame[name].dtype) == column.dtype, name
     n_selected = small_field.n_objects - small_field.n_low_snr
     assert summary.n_selected == n_selected == len(frame)
     assert frame["coadd_objects_id"].is_unique
     assert frame["snr_w"].min() > 20
+
+
+def test_part_files_say_what_each_column_is(finished_run):
+    import pyarrow.parquet as pq
+
+    out, _, _ = finished_run
+    schema = pq.read_schema(next(out.glob("part-*.parquet")))
+    e1 = schema.field("e1_pred").metadata
+    assert e1[b"unit"] == b"dimensionless" and b"posterior mean" in e1[b"description"]
+    assert schema.field("ra").metadata[b"unit"] == b"deg"
+    assert schema.field("psf_fwhm").metadata[b"unit"] == b"pixel"
+    assert b"MEAN_PSF_FWHM" in schema.field("psf_fwhm").metadata[b"description"]
+    for name, column in COLUMNS.items():
+        assert schema.field(name).metadata[b"description"].decode() == column.description, name
+
+
+def test_catalog_psf_and_bands_used_reach_the_output(finished_run, small_field):
+    from field import psf_of
+
+    from survey_deblend.catalog.synthetic import FIRST_ID
+
+    out, _, _ = finished_run
+    frame = pd.read_parquet(out).sort_values("coadd_objects_id")
+    row = (frame["coadd_objects_id"].to_numpy() - FIRST_ID) // 7
+    for name, values in psf_of(row).items():
+        np.testing.assert_allclose(frame[name], values, rtol=1e-6, err_msg=name)
+    usable = frame["status"].isin(list(USABLE))
+    assert set(frame.loc[usable, "bands_used"]) == {"grizY"}  # every band of the small field has pixels
+    assert frame.loc[~usable, "bands_used"].isna().all()
+    # columns of heads this run does not have (flow posterior, metacalibration) are present and null
+    assert frame[["e1_sample", "e2_sample", "z_lo", "z_hi", "r11", "r12", "r21", "r22"]].isna().all().all()
+    assert np.isfinite(frame.loc[usable, "z_sigma_pred"]).all() and (frame.loc[usable, "z_sigma_pred"] > 0).all()
 
 
 def test_failed_stamps_keep_their_row_with_null_predictions(finished_run, small_field):
@@ -70,7 +102,9 @@ def test_predictions_equal_a_plain_predictor_on_the_same_stamps(finished_run, sm
     source = open_source(f"tiles:{small_field.tiles_dir}")
     size = predictor.source_stamp_size(source.pixel_scale_arcsec)
     batch = source.fetch(frame["ra"].to_numpy(), frame["dec"].to_numpy(), size)
-    expected = predictor.predict(batch.images, batch.bands, batch.pixel_scale_arcsec, band_mask=batch.band_mask)
+    frame_of = batch.frame  # the numpy entry point, given the batch's frame, is the run's path
+    expected = predictor.predict(batch.images, batch.bands, batch.pixel_scale_arcsec, band_mask=batch.band_mask,
+                                 zeropoints=frame_of.zeropoints, survey=frame_of.survey)
     np.testing.assert_allclose(frame["e1_pred"], expected["e1_pred"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(frame["z_pred"], expected["z_pred"], rtol=1e-4, atol=1e-5)
     assert set(frame["model"]) == {predictor.model_id} == {summary.model_id}
@@ -139,3 +173,11 @@ def test_other_config_refuses_then_overwrite_starts_over(small_field, checkpoint
     frame = pd.read_parquet(out)
     assert len(frame) == first.n_selected and frame["coadd_objects_id"].is_unique
     assert set(frame["run_id"]) == {second.run_id}
+
+
+def test_configured_batch_size_reaches_the_worker_predictor(small_field, checkpoint, client, tmp_path):
+    out = tmp_path / "out"
+    summary = run(run_config(small_field, checkpoint, out, "model.batch_size=7"), client, stream=io.StringIO())
+    sizes = client.run(lambda dask_worker: getattr(dask_worker.plugins[PLUGIN_NAME]._predictor, "batch_size", None))
+    assert 7 in sizes.values() and set(sizes.values()) <= {7, None}  # None: a worker that never predicted
+    assert len(pd.read_parquet(out)) == summary.n_selected
