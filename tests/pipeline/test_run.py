@@ -84,7 +84,7 @@ def test_failed_stamps_keep_their_row_with_null_predictions(finished_run, small_
     assert len(off) == small_field.n_off_survey
     assert off[["e1_pred", "e2_pred", "z_pred"]].isna().all().all()
     assert set(off["tile"]) == {"no_coverage"}
-    ok = frame[frame["status"].isin(["ok", "padded"])]
+    ok = frame[frame["status"].isin(list(USABLE))]
     assert len(ok) == len(frame) - small_field.n_off_survey
     assert np.isfinite(ok[["e1_pred", "e2_pred", "e_sigma_pred", "z_pred"]].to_numpy()).all()
     assert set(ok["tile"]) == {"DES0000-5000", "DES0001-5000", "DES0002-5000"}

@@ -10,7 +10,7 @@ import pytest
 
 from survey_deblend.errors import InputError, SurveyDeblendError
 from survey_deblend.sim.dataset import open_dataset, write_manifest, write_shard
-from survey_deblend.sim.lsst import make_lsst_dataset
+from survey_deblend.sim.lsst import make_lsst_dataset, stamps_frame
 from survey_deblend.surveys import LSST_BANDS
 
 
@@ -24,6 +24,12 @@ def test_manifest_describes_the_data(blends):
     assert m["fields"]["blend"] == {"shape": [40, 6, 45, 45], "dtype": "float32"}
     assert m["fields"]["des_blend"] == {"shape": [40, 5, 45, 45], "dtype": "float32"}
     assert m["des"]["pixel_scale_arcsec"] == pytest.approx(0.2637) and m["des"]["bands"] == ["g", "r", "i", "z", "Y"]
+    # each set of stamps says its photometric frame: LSST native electrons, DES coadd units at zeropoint 30
+    lsst, des = stamps_frame(m), stamps_frame(m, "des_")
+    assert (lsst.survey, lsst.bands, lsst.zeropoints) == ("LSST", LSST_BANDS, None) and m["zeropoints"] is None
+    assert (des.survey, des.pixel_scale_arcsec, des.zeropoints) == ("DES", m["des"]["pixel_scale_arcsec"], (30.0,) * 5)
+    old = {k: v for k, v in m["des"].items() if k not in ("zeropoints", "survey")}  # a manifest from before
+    assert stamps_frame({**m, "des": old}, "des_") == des
     for name in ("e1", "e2", "z", "mag_i", "snr", "n_neighbours", "blendedness"):
         assert m["fields"][name]["shape"] == [40]
     shard = blends.path / m["shards"][1]["name"]

@@ -14,7 +14,7 @@ from astropy.wcs import WCS
 
 from survey_deblend.catalog.schema import GOLD_COLUMNS, IM3SHAPE_COLUMNS, UNMEASURED, WLINFO_COLUMNS
 from survey_deblend.config.sim import FieldSimConfig
-from survey_deblend.sim.field import Tile, make_des_field, render_tile, tile_layout, tile_name
+from survey_deblend.sim.field import TRUTH_COLUMNS, Tile, make_des_field, render_tile, tile_layout, tile_name
 from survey_deblend.sim.population import draw_population
 from survey_deblend.surveys import DES_BANDS, band_facts
 
@@ -89,6 +89,11 @@ def test_catalogs_follow_the_sva1_schema_and_hide_the_truth(field):
     assert 0.7 < resid.std() < 1.3  # truth plus noise of the documented size, not the truth itself
     np.testing.assert_allclose(measured["SNR_W"], t["snr_r"], rtol=1e-5)  # SNR_W from flux and sky noise
     assert not np.allclose(wl["MEAN_PHOTOZ"], truth.loc[wl["COADD_OBJECTS_ID"], "z"])
+    # MEAN_PSF_* describe the simulated r-band PSF: round, surveycodex FWHM in DES pixels
+    r = band_facts("DES", "r")
+    np.testing.assert_allclose(measured["MEAN_PSF_FWHM"], r.psf_fwhm_arcsec / r.pixel_scale_arcsec, rtol=1e-6)
+    assert (measured["MEAN_PSF_E1"] == 0).all() and (measured["MEAN_PSF_E2"] == 0).all()
+    assert set(TRUTH_COLUMNS.values()) <= set(truth.columns)  # what evaluation reads from the truth file
 
 
 def test_catalog_positions_land_on_the_galaxies(field):
