@@ -25,13 +25,10 @@ class KillOnFirstWrite(SchedulerPlugin):
 
     name = "kill-on-first-write"
 
-    def __init__(self, action: Callable[[Any], None]) -> None:
-        self.action = action
-        self.scheduler: Any = None
-        self.writes_done_at_kill: int | None = None
-
-    async def start(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: Any, action: Callable[[Any], None]) -> None:
         self.scheduler = scheduler
+        self.action = action
+        self.writes_done_at_kill: int | None = None
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if self.writes_done_at_kill is not None or finish != "memory" or not str(key).startswith(WRITE_PREFIX):
@@ -56,4 +53,4 @@ def _kill_own_process_group(scheduler: Any) -> None:
 
 def dask_setup(scheduler: Any) -> None:
     """Scheduler preload entry point: kill this run's process group at its first finished partition."""
-    scheduler.add_plugin(KillOnFirstWrite(_kill_own_process_group))
+    scheduler.add_plugin(KillOnFirstWrite(scheduler, _kill_own_process_group))

@@ -43,11 +43,12 @@ def test_worker_killed_mid_run_still_completes_every_galaxy_once(small_field, ch
     from survey_deblend.config.run import ClusterConfig
 
     victims: list[int] = []
-    plugin = KillOnFirstWrite(lambda scheduler: victims.append(kill_busiest_worker(scheduler)))
     out = tmp_path / "out"
     config = run_config(small_field, checkpoint, out, "output.partition_rows=3", "model.measure_recon=false")
     with open_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")) as client:
-        client.cluster.scheduler.add_plugin(plugin)  # in this process: the plugin object itself records the kill
+        scheduler = client.cluster.scheduler  # in this process: the plugin object itself records the kill
+        plugin = KillOnFirstWrite(scheduler, lambda s: victims.append(kill_busiest_worker(s)))
+        scheduler.add_plugin(plugin)
         summary = run(config, client, stream=io.StringIO())
         assert victims, "no write task ever finished, so no worker was killed: the test proved nothing"
         assert victims[0] not in client.run(os.getpid).values()  # the nanny replaced the killed worker
