@@ -71,8 +71,10 @@ def test_typed_values_never_pass_through_yaml():
 
 
 def test_set_parses_yaml_and_says_how_to_keep_text():
-    with pytest.raises(ConfigError, match=r"output\.out: expected a path, got 2024 \(YAML reads it as int; quote"):
+    with pytest.raises(ConfigError, match=r"output\.out: expected a path, got 2024 \(YAML read it as int; quote"):
         load(RunConfig, None, ["output.out=2024"])
+    with pytest.raises(ConfigError, match=r"catalog\.gold: expected a path, got True \(YAML read it as bool"):
+        load(RunConfig, None, ["catalog.gold=yes"])
     assert load(RunConfig, None, ['output.out="2024"']).output.out == Path("2024")
     assert load(RunConfig, None, ["output.out=2024"], values={"output.out": Path("x")}).output.out == Path("x")
 

@@ -45,6 +45,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        present = [arg for arg in args if arg is not type(None)]
+        if len(present) == 1:  # Optional[X]: X's own message, with its hint
+            return _coerce(value, present[0], where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -105,7 +108,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _quote_hint(value: Any) -> str:
     """A YAML scalar that was meant as text (``--set output.out=2024``): say how to keep it text."""
-    return f" (YAML reads it as {type(value).__name__}; quote it: '\"{value}\"')" if value is not None else ""
+    return f" (YAML read it as {type(value).__name__}; quote the value to keep it text)" if value is not None else ""
 
 
 def _field_default(f: dataclasses.Field) -> Any:
