@@ -83,13 +83,11 @@ def dask_run(config, n_workers: int, threads: int) -> tuple[float, int, float]:
     """Warm-up run then timed run on a fresh LocalCluster; returns seconds, galaxies, peak worker RSS (MB)."""
     import dataclasses
 
-    from survey_deblend.cluster import make_client
+    from survey_deblend.cluster import open_client
     from survey_deblend.config.run import ClusterConfig
     from survey_deblend.pipeline import run
 
-    client, cluster = make_client(ClusterConfig(n_workers=n_workers, threads_per_worker=threads,
-                                                dashboard_address=":0"))
-    try:
+    with open_client(ClusterConfig(n_workers=n_workers, threads_per_worker=threads, dashboard_address=":0")) as client:
         warm = dataclasses.replace(config, output=dataclasses.replace(config.output,
                                                                        out=Path(str(config.output.out) + "-warm")))
         run(warm, client, stream=io.StringIO())
@@ -97,9 +95,6 @@ def dask_run(config, n_workers: int, threads: int) -> tuple[float, int, float]:
         summary = run(config, client, stream=io.StringIO())
         seconds = time.perf_counter() - t0
         rss = max(client.run(_peak_rss_mb).values())
-    finally:
-        client.close()
-        cluster.close()
     return seconds, summary.n_selected, rss
 
 

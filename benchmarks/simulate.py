@@ -7,9 +7,12 @@ Prints one JSON line per measurement:
   ``Convolve(Sum, PSF).drawImage`` per band for the central and for the scene) and ``speedup_vs_galsim``.
 - ``simulate_lsst_blends_des_pairs``: the same with the paired DES render of every scene.
 - ``simulate_lsst_dataset``: ``make_lsst_dataset`` end to end (process pool, writing shards), ``blends_per_s``.
-- ``simulate_des_field``: the demo-size DES-like field (tiles + catalogs), ``seconds``.
+- ``simulate_des_field``: the demo-size DES-like field (2 tiles x 1000 px + catalogs), ``seconds`` against the
+  demo's budget ``goal_s`` (60 s: ``make demo`` builds it on first use), ``within_goal``, and ``usable_shapes``
+  (im3shape rows passing SNR_W > 20 and both flags, what the demo can compare). Measured here rather than
+  asserted in a test, where a loaded machine would fail it for the wrong reason.
 
-``--quick`` runs the same measurements on fewer samples (well under a minute).
+``--quick`` runs the same measurements on fewer samples (well under a minute); the field stays demo size.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from survey_deblend.sim.psf import psf_for
 from survey_deblend.sim.render import galsim_profile
 from survey_deblend.sim.scenes import draw_scene
 from survey_deblend.surveys import LSST_BANDS
+
+DEMO_FIELD_GOAL_S = 60.0  # the demo simulates its field on first use: it must stay well under a minute
 
 
 def time_generation(cfg: LsstSimConfig, n: int) -> tuple[float, float, float]:
@@ -61,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (under a minute)")
     args = parser.parse_args()
-    n, n_galsim, n_dataset, tile = (300, 40, 400, 400) if args.quick else (3000, 300, 4000, 1000)
+    n, n_galsim, n_dataset = (300, 40, 400) if args.quick else (3000, 300, 4000)
     cfg = LsstSimConfig(n=n, seed=1)
 
     ms, wall_ms, galaxies = time_generation(cfg, n)
@@ -86,14 +91,22 @@ def main() -> None:
                           "ms_per_blend_per_core": round(1e3 * wall * workers / n_dataset, 3),
                           "note": "end to end: process start-up, shard writing, manifest"}))  # fmt: skip
 
-        start = time.perf_counter()
-        paths = make_des_field(Path(tmp) / "field", n_tiles=2, tile_size_pix=tile, seed=0)
-        seconds = time.perf_counter() - start
-        import pandas as pd
+        print(json.dumps(time_des_field(Path(tmp) / "field")))
 
-        n_gal = len(pd.read_parquet(paths.truth, columns=["ra"]))
-        print(json.dumps({"benchmark": "simulate_des_field", "seconds": round(seconds, 2), "tiles": 2,
-                          "tile_size_pix": tile, "galaxies": n_gal}))  # fmt: skip
+
+def time_des_field(out: Path, n_tiles: int = 2, tile_size_pix: int = 1000) -> dict:
+    """Wall time of the demo-size field against the demo's budget, and how many shapes it gives the demo."""
+    import pandas as pd
+    from astropy.table import Table
+
+    start = time.perf_counter()
+    paths = make_des_field(out, n_tiles=n_tiles, tile_size_pix=tile_size_pix, seed=0)
+    seconds = time.perf_counter() - start
+    im3 = Table.read(paths.im3shape).to_pandas()
+    usable = int(((im3["SNR_W"] > 20) & (im3["ERROR_FLAG"] == 0) & (im3["INFO_FLAG"] == 0)).sum())
+    return {"benchmark": "simulate_des_field", "seconds": round(seconds, 2), "goal_s": DEMO_FIELD_GOAL_S,
+            "within_goal": seconds < DEMO_FIELD_GOAL_S, "tiles": n_tiles, "tile_size_pix": tile_size_pix,
+            "galaxies": len(pd.read_parquet(paths.truth, columns=["ra"])), "usable_shapes": usable}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -125,3 +125,26 @@ def cluster_has_gpu_workers(client: Client) -> bool:
     """True when at least one worker advertises the ``GPU`` resource (then inference asks for it)."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     return any(info.get("resources", {}).get("GPU", 0) > 0 for info in workers.values())
+
+
+class open_client:  # lower case: used like a function, as contextlib.closing is
+    """``with open_client(cfg) as client:``: ``make_client``, then on leaving the client closed and then the
+    cluster it made (none when it connected to an address). The one place a client and cluster are shut down.
+    """
+
+    def __init__(self, cfg: ClusterConfig) -> None:
+        self.cfg = cfg
+        self.client: Client | None = None
+        self.cluster: Any | None = None
+
+    def __enter__(self) -> Client:
+        self.client, self.cluster = make_client(self.cfg)
+        return self.client
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self.client is not None:
+                self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()

@@ -56,3 +56,60 @@ def test_unsafe_yaml_is_refused(tmp_path):
 def test_shipped_pipelines_load(name):
     cfg = load(RunConfig, PIPELINES / name)
     assert cfg.catalog.cuts.snr_w_min == 20.0
+
+
+def test_typed_values_never_pass_through_yaml():
+    """Command-line options arrive as Python values: '#', digits and 'yes' stay part of a path."""
+    values = {"catalog.shear": Path("shear #2.fits"), "catalog.gold": Path("yes"), "output.out": Path("2024"),
+              "output.progress": False, "cluster.n_workers": 3}  # fmt: skip
+    cfg = load(RunConfig, None, ["output.partition_rows=7"], values=values)
+    assert cfg.catalog.shear == Path("shear #2.fits") and cfg.catalog.gold == Path("yes")
+    assert cfg.output.out == Path("2024") and cfg.output.progress is False and cfg.cluster.n_workers == 3
+    assert cfg.output.partition_rows == 7  # the --set layer is kept under the typed one
+    with pytest.raises(ConfigError, match=r"cluster\.n_workers: expected an integer"):
+        load(RunConfig, None, values={"cluster.n_workers": "three"})
+
+
+def test_set_parses_yaml_and_says_how_to_keep_text():
+    with pytest.raises(ConfigError, match=r"output\.out: expected a path, got 2024 \(YAML read it as int; quote"):
+        load(RunConfig, None, ["output.out=2024"])
+    with pytest.raises(ConfigError, match=r"catalog\.gold: expected a path, got True \(YAML read it as bool"):
+        load(RunConfig, None, ["catalog.gold=yes"])
+    assert load(RunConfig, None, ['output.out="2024"']).output.out == Path("2024")
+    assert load(RunConfig, None, ["output.out=2024"], values={"output.out": Path("x")}).output.out == Path("x")
+
+
+def test_a_partial_section_keeps_the_other_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("catalog:\n  cuts:\n    snr_w_min: 30\n")
+    cfg = load(RunConfig, path, ["catalog.cuts.e_max=0.8"])
+    assert (cfg.catalog.cuts.snr_w_min, cfg.catalog.cuts.e_max, cfg.catalog.cuts.flags_i_max) == (30.0, 0.8, 3)
+    assert cfg.catalog.chunk_rows == RunConfig().catalog.chunk_rows
+
+
+def test_config_hash_follows_the_hashed_metadata():
+    """Every field marked NOT_HASHED leaves the run's configuration hash alone; every other field moves it."""
+    import dataclasses
+
+    from survey_deblend.config.hashing import is_hashed
+    from survey_deblend.pipeline.manifest import config_hash
+
+    base_cfg = RunConfig()
+    base = config_hash(base_cfg, "m")
+    changed = {int: 7, float: 0.25, bool: None, str: "other", Path: Path("elsewhere")}
+    checked = 0
+    for section in dataclasses.fields(RunConfig):
+        sub = getattr(base_cfg, section.name)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            new = (not value) if isinstance(value, bool) else changed.get(type(value))
+            if new is None or new == value or f.name in ("match", "scheduler"):
+                continue
+            try:
+                other = dataclasses.replace(base_cfg, **{section.name: dataclasses.replace(sub, **{f.name: new})})
+            except (TypeError, ValueError):
+                continue
+            moved = config_hash(other, "m") != base
+            assert moved == (is_hashed(section) and is_hashed(f)), f"{section.name}.{f.name}"
+            checked += 1
+    assert checked > 15

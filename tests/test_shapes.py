@@ -37,12 +37,31 @@ def test_rotation_is_spin_two():
     assert e1 == pytest.approx(0.0, abs=1e-12) and e2 == pytest.approx(0.3)
 
 
-def test_e1_positive_is_elongated_along_x():
-    img = galsim.Gaussian(sigma=1.0).shear(g1=0.3, g2=0.0).drawImage(nx=64, ny=64, scale=0.2).array
-    # numpy arrays are [y, x]: the profile is wider along axis 1 (x).
-    width_x = (img.sum(axis=0) > img.sum(axis=0).max() / 2).sum()
-    width_y = (img.sum(axis=1) > img.sum(axis=1).max() / 2).sum()
-    assert width_x > width_y
+def _gaussian(sigma_major: float, sigma_minor: float, angle_rad: float, n: int = 64) -> np.ndarray:
+    """An elliptical Gaussian drawn with numpy alone (no GalSim): array[y, x], major axis at ``angle_rad`` from +x
+    towards +y. Its shear-convention ellipticity is (a - b) / (a + b) along that angle."""
+    y, x = np.indices((n, n), dtype=float) - (n - 1) / 2
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    u, v = c * x + s * y, -s * x + c * y
+    return np.exp(-0.5 * ((u / sigma_major) ** 2 + (v / sigma_minor) ** 2))
+
+
+@pytest.mark.parametrize(
+    "angle_deg, e1, e2",
+    [(0, 0.2, 0.0), (90, -0.2, 0.0), (45, 0.0, 0.2), (135, 0.0, -0.2)],
+)
+def test_e1_positive_is_elongated_along_x(angle_deg, e1, e2):
+    """The project's measurement on a numpy-drawn stamp: elongated along x (axis 1) is e1 > 0, along the x = y
+    diagonal e2 > 0; a transposed or mirrored array in ``shapes`` would flip a sign here."""
+    psf = _gaussian(1.0, 1.0, 0.0)
+    sigma_psf2 = 1.0
+    image = _gaussian(np.sqrt(9.0 + sigma_psf2), np.sqrt(4.0 + sigma_psf2), np.radians(angle_deg))  # 3:2 galaxy
+    res = shapes.measure_hsm(image, psf, 0.2)
+    assert res.ok
+    assert res.g1 == pytest.approx(e1, abs=0.01) and res.g2 == pytest.approx(e2, abs=0.01)
+    # and the same frame as the spin-2 rotation the project uses for labels
+    r1, r2 = shapes.rotate_ellipticity(0.2, 0.0, np.radians(angle_deg))
+    assert r1 == pytest.approx(e1, abs=1e-12) and r2 == pytest.approx(e2, abs=1e-12)
 
 
 @pytest.mark.parametrize("method", ["REGAUSS", "KSB"])

@@ -25,20 +25,14 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available sub-command registered."""
+    """The top-level parser with every sub-command registered."""
     parser = argparse.ArgumentParser(
         prog="survey-deblend",
         description="Weak-lensing ellipticities of blended galaxies with generative neural networks.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"survey_deblend.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"survey_deblend.cli.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"survey_deblend.cli.{name}").register(sub)
     return parser
 
 

@@ -32,12 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from survey_deblend.pipeline.demo import demo
 
-    overrides = list(args.overrides)
-    if args.cluster:
-        overrides.append(f"cluster.kind={args.cluster}")
-    if args.workers:
-        overrides.append(f"cluster.n_workers={args.workers}")
-    if args.model:
-        overrides.append(f"model.checkpoint={args.model}")
-    return demo(args.workdir, images=args.images, overrides=overrides, n_tiles=args.n_tiles,
-                tile_size_pix=args.tile_size, seed=args.seed)
+    options = {"cluster.kind": args.cluster, "cluster.n_workers": args.workers, "model.checkpoint": args.model}
+    values = {key: value for key, value in options.items() if value is not None}  # typed, never YAML text
+    return demo(args.workdir, images=args.images, overrides=list(args.overrides), n_tiles=args.n_tiles,
+                tile_size_pix=args.tile_size, seed=args.seed, values=values)

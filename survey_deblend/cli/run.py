@@ -1,14 +1,15 @@
 """``survey-deblend run``: the catalog through cutouts and the model to Parquet, on a Dask cluster.
 
-Builds one ``RunConfig`` from ``--config`` (YAML), ``--set key=value`` and the explicit options (which win),
-checks the arguments a user can get wrong (cluster kind, model file, output folder) before starting anything,
-makes the client with ``--cluster`` and calls ``survey_deblend.pipeline.run``.
+Builds one ``RunConfig`` from ``--config`` (YAML), ``--set key=value`` and the typed options (which win, as
+values: a path stays a path, never YAML text), checks the run's inputs once (``pipeline.inputs.check_inputs``)
+before starting anything, makes the client with ``--cluster`` and calls ``survey_deblend.pipeline.run``.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from survey_deblend.cli.options import add_config_options
 
@@ -40,13 +41,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress line")
 
 
-def build_config(args: argparse.Namespace):  # -> RunConfig
-    """The RunConfig of these arguments: YAML, then ``--set``, then the explicit options."""
-    from survey_deblend.config import load
-    from survey_deblend.config.run import RunConfig
-
-    overrides = list(args.overrides)
-    explicit = {
+def option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The typed options that were given, by configuration key (values as parsed: Path, int, bool)."""
+    values = {
         "catalog.shear": args.catalog,
         "catalog.gold": args.gold,
         "catalog.wlinfo": args.wlinfo,
@@ -55,48 +52,32 @@ def build_config(args: argparse.Namespace):  # -> RunConfig
         "cluster.kind": args.cluster,
         "cluster.n_workers": args.workers,
         "output.out": args.out,
+        "output.overwrite": True if args.overwrite else None,
+        "output.progress": False if args.no_progress else None,
     }
-    overrides += [f"{key}={value}" for key, value in explicit.items() if value is not None]
-    if args.overwrite:
-        overrides.append("output.overwrite=true")
-    if args.no_progress:
-        overrides.append("output.progress=false")
-    return load(RunConfig, args.config, overrides)
+    return {key: value for key, value in values.items() if value is not None}
 
 
-def check_arguments(config) -> None:  # config: RunConfig
-    """Fail fast, with one line, on what the user can get wrong before any cluster starts."""
-    import os
+def build_config(args: argparse.Namespace):  # -> RunConfig
+    """The RunConfig of these arguments: YAML, then ``--set``, then the typed options."""
+    from survey_deblend.config import load
+    from survey_deblend.config.run import RunConfig
 
-    from survey_deblend.cluster import check_cluster_kind
-    from survey_deblend.errors import ConfigError, InputError
-    from survey_deblend.pipeline.manifest import check_writable
-
-    check_cluster_kind(config.cluster.kind)
-    if config.catalog.shear is None:
-        raise ConfigError("catalog.shear: no shear catalog given (--catalog FILE)")
-    checkpoint = config.model.checkpoint
-    if checkpoint is not None and (not Path(checkpoint).is_file() or not os.access(checkpoint, os.R_OK)):
-        raise InputError(f"model checkpoint {checkpoint}: not found or not readable")
-    check_writable(Path(config.output.out))
+    return load(RunConfig, args.config, args.overrides, values=option_values(args))
 
 
-def run_with_cluster(config) -> int:
+def run_with_cluster(config, inputs=None) -> int:  # config: RunConfig, inputs: RunInputs | None
     """Make the client of ``config.cluster``, run, close what was made."""
-    from survey_deblend.cluster import make_client
+    from survey_deblend.cluster import open_client
     from survey_deblend.pipeline import run
 
-    client, cluster = make_client(config.cluster)
-    try:
-        run(config, client)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    with open_client(config.cluster) as client:
+        run(config, client, inputs=inputs)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    from survey_deblend.pipeline.inputs import check_inputs
+
     config = build_config(args)
-    check_arguments(config)
-    return run_with_cluster(config)
+    return run_with_cluster(config, check_inputs(config))  # the cluster kind is checked by make_client

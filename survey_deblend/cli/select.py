@@ -8,7 +8,6 @@ The ``catalog:`` section of ``--config`` (plus ``--set`` overrides) is the base;
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from survey_deblend.cli.options import add_config_options
@@ -50,7 +49,6 @@ def _catalog_config(args: argparse.Namespace):
     from survey_deblend.config import load
     from survey_deblend.config.run import RunConfig
 
-    cfg = load(RunConfig, args.config, args.overrides).catalog
     flags = {
         "shear": args.catalog,
         "gold": args.gold,
@@ -59,12 +57,8 @@ def _catalog_config(args: argparse.Namespace):
         "match_radius_arcsec": args.radius_arcsec,
         "chunk_rows": args.chunk_rows,
     }
-    try:
-        return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    except ValueError as exc:
-        from survey_deblend.errors import ConfigError
-
-        raise ConfigError(f"select: {exc}") from None
+    values = {f"catalog.{key}": value for key, value in flags.items() if value is not None}  # typed values
+    return load(RunConfig, args.config, args.overrides, values=values).catalog
 
 
 def _write_demo_catalogs(out_dir: Path, args: argparse.Namespace):

@@ -43,12 +43,9 @@ def _load(args: argparse.Namespace, section: str, names: tuple[str, ...]):
     from survey_deblend.config import load
     from survey_deblend.config.sim import SimConfig
 
-    overrides = list(args.overrides)
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides.append(f"{section}.{name}={str(value).lower() if isinstance(value, bool) else value}")
-    return getattr(load(SimConfig, args.config, overrides), section)
+    values = {f"{section}.{name}": getattr(args, name, None) for name in names}  # typed, never YAML text
+    values = {key: value for key, value in values.items() if value is not None}
+    return getattr(load(SimConfig, args.config, args.overrides, values=values), section)
 
 
 def _run_lsst(args: argparse.Namespace) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from survey_deblend.config.hashing import NOT_HASHED
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,11 @@ class CatalogConfig:
     wlinfo: Path | None = None  # row-matched wlinfo file (positions), alternative to gold
     match: Literal["id", "sky"] = "id"
     match_radius_arcsec: float = 1.0
-    chunk_rows: int = 1_000_000  # rows per Dask partition when streaming a FITS file
+    chunk_rows: int = field(default=1_000_000, metadata=NOT_HASHED)  # rows per Dask partition when streaming FITS
     # Dask scheduler of the selection: "synchronous" (default: as fast as "threads" on 2 cores in
     # benchmarks/catalog_select.py and ~20% less memory, one chunk in flight), "threads", or "default"
     # (whatever dask would use, e.g. an active distributed client; the files must then be on its workers)
-    scheduler: Literal["threads", "synchronous", "default"] = "synchronous"
+    scheduler: Literal["threads", "synchronous", "default"] = field(default="synchronous", metadata=NOT_HASHED)
     cuts: CutsConfig = CutsConfig()
 
     def __post_init__(self) -> None:

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from survey_deblend.config.hashing import NOT_HASHED
 from survey_deblend.surveys import DES_BANDS
 
 
 @dataclass(frozen=True)
 class ImagesConfig:
-    """The cutout source: ``datalab``, ``sia:URL`` or ``tiles:DIR``, and the client's manners."""
+    """The cutout source: ``datalab``, ``sia:URL`` or ``tiles:DIR``, and the client's manners (not hashed)."""
 
     source: str = "datalab"
     datalab_url: str = "https://datalab.noirlab.edu/sia/des_sva1"
     cutout_collection: str = "des_sva1"
     bands: tuple[str, ...] = DES_BANDS
-    concurrency: int = 4
-    timeout_s: float = 30.0
-    retries: int = 4
-    backoff_s: float = 1.0
-    cache_dir: Path | None = None  # on-disk cache of fetched cutouts; default under the output folder
+    concurrency: int = field(default=4, metadata=NOT_HASHED)
+    timeout_s: float = field(default=30.0, metadata=NOT_HASHED)
+    retries: int = field(default=4, metadata=NOT_HASHED)
+    backoff_s: float = field(default=1.0, metadata=NOT_HASHED)
+    # on-disk cache of fetched cutouts; default under the output folder
+    cache_dir: Path | None = field(default=None, metadata=NOT_HASHED)
     # Pixel scale of the stamps; None: the tiles' own (tiles) or DES's from surveycodex (SIA).
     pixel_scale_arcsec: float | None = None
     # SIA: cut through the service's /svc/cutout endpoint; False downloads whole tiles via access_url (cached).

@@ -1,7 +1,12 @@
-"""Typed configuration: dataclasses filled from safe YAML and CLI overrides, checked at the edge.
+"""Typed configuration: dataclasses filled from safe YAML, ``--set`` overrides and typed CLI values.
 
-Every problem becomes one ``ConfigError`` line that names the file and the dotted key, so that the CLI can
-print it and exit with code 2; no stage re-checks its configuration.
+Three layers, later ones winning: the YAML file, ``--set dotted.key=value`` (the value parsed as YAML, like the
+file), and the typed options of a command (``--catalog``, ``--out``, ...), which go in as Python values and are
+never turned into YAML text, so a path like ``shear #2.fits``, ``2024`` or ``yes`` stays a path. A section
+given in part keeps the defaults of the keys it leaves out (for a section whose default differs from its class's
+defaults, such as ``deblender``, those of that default). Every problem becomes one ``ConfigError`` line that
+names the file and the dotted key, so that the CLI can print it and exit with code 2; no stage re-checks its
+configuration.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -39,6 +45,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        present = [arg for arg in args if arg is not type(None)]
+        if len(present) == 1:  # Optional[X]: X's own message, with its hint
+            return _coerce(value, present[0], where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -89,16 +98,34 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {value!r}{_quote_hint(value)}")
     if tp is Path:
         if isinstance(value, (str, Path)):
             return Path(value)
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
+        raise ConfigError(f"{where}: expected a path, got {value!r}{_quote_hint(value)}")
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
-def from_mapping(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+def _quote_hint(value: Any) -> str:
+    """A YAML scalar that was meant as text (``--set output.out=2024``): say how to keep it text."""
+    return f" (YAML read it as {type(value).__name__}; quote the value to keep it text)" if value is not None else ""
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (its factory called), or MISSING."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], where: str = "", base: Any = None) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+
+    Keys that ``data`` leaves out take their values from ``base`` (an instance of ``cls``) when given, else the
+    field defaults; a nested section given in part is filled the same way from that field's default instance.
+    """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     prefix = f"{where}." if where else ""
@@ -106,7 +133,20 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         known = ", ".join(sorted(fields))
         raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (known here: {known})")
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        default = getattr(base, name) if base is not None else dataclasses.MISSING
+        if name not in data:
+            if default is not dataclasses.MISSING:
+                kwargs[name] = default
+            continue
+        value = data[name]
+        if isinstance(value, dict):  # a section: fill what it leaves out from the field's default instance
+            default = _field_default(f) if default is dataclasses.MISSING else default
+            if dataclasses.is_dataclass(default) and not isinstance(default, type):
+                kwargs[name] = from_mapping(type(default), value, prefix + name, base=default)
+                continue
+        kwargs[name] = _coerce(value, hints[name], prefix + name)
     missing = [
         n
         for n, f in fields.items()
@@ -156,14 +196,37 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
     return data
 
 
+def apply_values(data: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Set ``dotted.key -> value`` pairs as they are (typed values of CLI options: never parsed as YAML)."""
+    data = _deep_copy(data)
+    for key, value in values.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"'{key}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (or defaults) with CLI overrides; errors name the file and key."""
+def load(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> T:
+    """Load ``cls`` from a YAML file (or defaults), ``--set`` overrides, then typed ``values``; errors name the
+    file and the key. ``values`` maps dotted keys to Python values (a ``Path``, an ``int``, a ``bool``) and wins.
+    """
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides)
+    data = apply_values(data, values or {})
     try:
         return from_mapping(cls, data)
     except ConfigError as exc:

@@ -6,18 +6,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from survey_deblend.config.catalog import CatalogConfig
+from survey_deblend.config.hashing import NOT_HASHED
 from survey_deblend.config.images import ImagesConfig
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The checkpoint to run and how; ``checkpoint: null`` means the one shipped in the package."""
+    """The checkpoint to run and how; ``checkpoint: null`` means the one shipped in the package.
 
-    checkpoint: Path | None = None
-    batch_size: int = 1024
-    device: str | None = None  # None: cuda when the worker has one, else cpu
-    bf16: bool = False
-    compile: bool = False
+    The checkpoint enters the configuration hash by its file hash (the model id), not by its path.
+    """
+
+    checkpoint: Path | None = field(default=None, metadata=NOT_HASHED)
+    batch_size: int = field(default=1024, metadata=NOT_HASHED)
+    device: str | None = field(default=None, metadata=NOT_HASHED)  # None: cuda when the worker has one, else cpu
+    bf16: bool = field(default=False, metadata=NOT_HASHED)
+    compile: bool = field(default=False, metadata=NOT_HASHED)
     stamp_size_pix: int | None = None  # cutout side in source pixels; None: the model's field of view
     # Decode and measure the reconstruction with HSM (e1_recon, e2_recon); about 10 ms a galaxy on one CPU core.
     # False leaves those two columns null and runs several times faster.
@@ -38,23 +42,32 @@ class ClusterConfig:
     connect_timeout_s: float = 30.0
     wait_for_workers_s: float = 600.0  # a batch queue may take a while to start the first worker
 
+    def __post_init__(self) -> None:
+        for name in ("n_workers", "threads_per_worker"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class OutputConfig:
     """Where the Parquet parts and the manifest go, and how big a partition may be."""
 
-    out: Path = Path("sva1-shapes")
+    out: Path = field(default=Path("sva1-shapes"), metadata=NOT_HASHED)
     partition_rows: int = 2000
-    overwrite: bool = False
-    progress: bool = True
+    overwrite: bool = field(default=False, metadata=NOT_HASHED)
+    progress: bool = field(default=True, metadata=NOT_HASHED)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything ``run`` needs; loaded from ``pipelines/*.yaml`` plus CLI overrides."""
+    """Everything ``run`` needs; loaded from ``pipelines/*.yaml`` plus CLI overrides.
+
+    Fields marked ``NOT_HASHED`` (the whole cluster section, concurrency, progress, ...) cannot change the output
+    rows and stay out of the configuration hash, so a resumed run on another cluster still matches.
+    """
 
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig, metadata=NOT_HASHED)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -48,22 +48,20 @@ def ensure_field(workdir: Path, n_tiles: int, tile_size_pix: int, seed: int, str
     return DemoField(Path(tiles), Path(im3shape), Path(gold), Path(truth) if truth else None)
 
 
-def demo_config(field: DemoField, workdir: Path, images: str, overrides: list[str]) -> RunConfig:
-    """The RunConfig of the demo: ``pipelines/demo.yaml``'s settings with this work folder's paths."""
-    return load(
-        RunConfig,
-        None,
-        [
-            f"catalog.shear={field.im3shape}",
-            f"catalog.gold={field.gold}",
-            "catalog.match=id",
-            f"images.source={images}",
-            f"output.out={workdir / OUT_DIR}",
-            "output.partition_rows=500",
-            "output.overwrite=true",  # the SIA server's port changes every time: always start over
-            *overrides,
-        ],
-    )
+def demo_config(
+    field: DemoField, workdir: Path, images: str, overrides: list[str], values: dict[str, Any] | None = None
+) -> RunConfig:
+    """The RunConfig of the demo: ``pipelines/demo.yaml``'s settings, ``--set`` overrides, then typed values
+    (this work folder's paths and the command's options: never YAML text)."""
+    settings = [
+        "catalog.match=id",
+        "output.partition_rows=500",
+        "output.overwrite=true",  # the SIA server's port changes every time: always start over
+        *overrides,
+    ]
+    paths = {"catalog.shear": field.im3shape, "catalog.gold": field.gold, "images.source": images,
+             "output.out": workdir / OUT_DIR}  # fmt: skip
+    return load(RunConfig, None, settings, values={**paths, **(values or {})})
 
 
 @contextlib.contextmanager
@@ -109,10 +107,13 @@ def write_evaluation_report(out: Path, truth: Path | None, stream: TextIO) -> Pa
 
 def demo(
     workdir: Path, images: str = "sia", overrides: list[str] | None = None, n_tiles: int = 2,
-    tile_size_pix: int = 1000, seed: int = 0, stream: TextIO | None = None,
+    tile_size_pix: int = 1000, seed: int = 0, stream: TextIO | None = None, values: dict[str, Any] | None = None,
 ) -> int:
-    """Build the field if absent, serve it, run the real ``run`` job on a local cluster, compare, report."""
-    from survey_deblend.cluster import make_client
+    """Build the field if absent, serve it, run the real ``run`` job on a local cluster, compare, report.
+
+    ``overrides`` are ``--set`` strings (YAML values); ``values`` typed settings by dotted key (they win).
+    """
+    from survey_deblend.cluster import open_client
     from survey_deblend.pipeline.run import run
 
     stream = stream or sys.stdout
@@ -120,14 +121,9 @@ def demo(
     workdir.mkdir(parents=True, exist_ok=True)
     field = ensure_field(workdir, n_tiles, tile_size_pix, seed, stream)
     with image_source(images, field.tiles_dir) as source:
-        config = demo_config(field, workdir, source, list(overrides or []))
-        client, cluster = make_client(config.cluster)
-        try:
+        config = demo_config(field, workdir, source, list(overrides or []), values)
+        with open_client(config.cluster) as client:
             summary = run(config, client, stream=stream)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
     frame = pd.read_parquet(summary.out)
     print(compare_with_im3shape(frame), file=stream)
     report = write_evaluation_report(summary.out, field.truth, stream)

@@ -2,7 +2,8 @@
 
 The configuration hash covers what changes the rows (catalog files and cuts, the image source, the model file,
 stamp size, partition size) and not what only changes how they are computed (cluster, concurrency, progress),
-so a resumed run on another cluster still matches.
+so a resumed run on another cluster still matches. Which is which is marked on the config dataclasses' fields
+(``config.hashing.NOT_HASHED``), not listed here.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import survey_deblend
+from survey_deblend.config.hashing import hashed_values
 from survey_deblend.config.run import RunConfig
 from survey_deblend.errors import InputError, SurveyDeblendError
 from survey_deblend.pipeline.plan import MANIFEST_NAME, PART_PREFIX, ResumePlan, write_json_atomic
-
-# Sections/keys of RunConfig that do not change the output rows.
-_NOT_HASHED = {
-    "cluster": None,
-    "catalog": {"scheduler", "chunk_rows"},
-    "output": {"out", "overwrite", "progress"},
-    "images": {"concurrency", "timeout_s", "retries", "backoff_s", "cache_dir"},
-    "model": {"batch_size", "device", "bf16", "compile", "checkpoint"},
-}
 
 
 def _jsonable(value: Any) -> Any:
@@ -48,13 +41,7 @@ def config_dict(config: RunConfig) -> dict[str, Any]:
 
 def config_hash(config: RunConfig, model_id: str) -> str:
     """A short hash of everything that determines the output rows (the model by its file hash)."""
-    data = config_dict(config)
-    for section, keys in _NOT_HASHED.items():
-        if keys is None:
-            data.pop(section, None)
-        else:
-            for key in keys:
-                data.get(section, {}).pop(key, None)
+    data = _jsonable(hashed_values(config))
     data["model_id"] = model_id
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -91,8 +78,8 @@ def prepare_output(out_dir: Path, config: RunConfig, model_id: str, digest: str)
 
     A folder holding a run of another configuration is refused unless ``output.overwrite`` (then its parts,
     markers and manifest are removed, nothing else). A folder with part files but no manifest is refused too.
+    The folder exists and is writable: ``pipeline.inputs.check_inputs`` saw to it.
     """
-    check_writable(out_dir)
     plan = ResumePlan(out_dir)
     previous = read_manifest(out_dir)
     if config.output.overwrite:

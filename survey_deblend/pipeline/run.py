@@ -8,7 +8,6 @@ against the selection (every galaxy exactly once), and the manifest records coun
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from distributed import Client, as_completed
 
 from survey_deblend.cluster import cluster_has_gpu_workers
 from survey_deblend.config.run import RunConfig
-from survey_deblend.errors import InputError, SurveyDeblendError
+from survey_deblend.errors import SurveyDeblendError
+from survey_deblend.pipeline.inputs import ModelInfo, RunInputs, check_inputs
 from survey_deblend.pipeline.manifest import config_hash, prepare_output, write_manifest
 from survey_deblend.pipeline.plan import PART_PREFIX, Partition, ResumePlan, plan_partitions
 from survey_deblend.pipeline.plugin import PredictorPlugin, ensure_plugin
@@ -52,33 +52,6 @@ class RunSummary:
 
     def format(self) -> str:
         return format_summary(self.counts, self.n_selected, self.seconds, str(self.out), self.n_resumed)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the client needs to know of the checkpoint: its path, id (file hash) and field of view."""
-
-    path: Path
-    model_id: str
-    pixel_scale_arcsec: float
-    stamp_size: int
-
-
-def model_info(checkpoint: Path | None) -> ModelInfo:
-    """Read the checkpoint's metadata once on the client (the workers load the networks)."""
-    from survey_deblend.inference import default_checkpoint
-    from survey_deblend.models.checkpoint import file_hash, load_checkpoint
-
-    path = default_checkpoint() if checkpoint is None else Path(checkpoint)
-    if not path.is_file() or not os.access(path, os.R_OK):
-        raise InputError(f"model checkpoint {path}: not found or not readable")
-    try:
-        metadata = load_checkpoint(path).metadata
-    except SurveyDeblendError:
-        raise
-    except Exception as exc:  # a corrupt file is the user's to fix: one line, not a traceback
-        raise InputError(f"model checkpoint {path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
-    return ModelInfo(path, file_hash(path), float(metadata["pixel_scale_arcsec"]), int(metadata["stamp_size"]))
 
 
 def stamp_size_pix(config: RunConfig, model: ModelInfo, source_pixel_scale: float) -> int:
@@ -132,8 +105,12 @@ def verify_output(out_dir: Path, partitions: list[Partition], expected_ids: np.n
     return {str(k): int(v) for k, v in got["status"].value_counts().sort_index().items()}
 
 
-def run(config: RunConfig, client: Client, stream: TextIO | None = None) -> RunSummary:
-    """Run the whole job on ``client``'s cluster and return its summary (the caller owns the cluster)."""
+def run(config: RunConfig, client: Client, stream: TextIO | None = None, inputs: RunInputs | None = None) -> RunSummary:
+    """Run the whole job on ``client``'s cluster and return its summary (the caller owns the cluster).
+
+    ``inputs`` is the result of ``check_inputs(config)`` when the caller checked them already (the CLI does,
+    before it starts a cluster); without it the inputs are checked here.
+    """
     from survey_deblend.catalog import select_galaxies
     from survey_deblend.cutouts import open_source
 
@@ -141,7 +118,7 @@ def run(config: RunConfig, client: Client, stream: TextIO | None = None) -> RunS
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out_dir = Path(config.output.out)
-    model = model_info(config.model.checkpoint)
+    model = (inputs or check_inputs(config)).model
     # Refuse a folder of another configuration before any work (the hash needs only the config and the model).
     manifest = prepare_output(out_dir, config, model.model_id, config_hash(config, model.model_id))
     run_id = manifest["run_id"]

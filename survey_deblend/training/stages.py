@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from survey_deblend.config.hashing import hashed_values
 from survey_deblend.config.training import TrainingConfig
 from survey_deblend.errors import SurveyDeblendError
 from survey_deblend.models.checkpoint import Checkpoint, base_metadata, load_checkpoint, save_checkpoint
 from survey_deblend.models.networks import Architecture, Decoder, Encoder, Regressor, gaussian_nll, kl_divergence
 from survey_deblend.training.data import Normalizer, TrainingData, random_band_mask
-from survey_deblend.training.loop import StageResult, autocast, config_fingerprint, run_stage
+from survey_deblend.training.loop import Stage, StageResult, autocast, config_fingerprint, run_stage
 from survey_deblend.training.metrics import held_out_metrics
 
 
@@ -91,10 +92,9 @@ def _weights_hash(checkpoint: Checkpoint) -> str:
 
 
 def _fingerprint(cfg: TrainingConfig, stage: str, upstream: Checkpoint | None = None) -> str:
-    # Everything that changes the result except the number of epochs: a finished run may be extended.
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "num_threads", "output")}
-    for name in ("vae", "deblender", "regressor"):
-        keep[name] = {k: v for k, v in keep[name].items() if k != "epochs"}
+    # Everything that changes the result (fields not marked NOT_HASHED: not the epochs, so a finished run may be
+    # extended; not progress, threads or the output path) and the upstream stage's weights.
+    keep = hashed_values(cfg)
     upstream_hash = _weights_hash(upstream) if upstream is not None else None
     return config_fingerprint({"stage": stage, "config": keep, "upstream": upstream_hash})
 
@@ -113,12 +113,27 @@ def _masks(n: int, rng: np.random.Generator, cfg: TrainingConfig, device: torch.
     return torch.from_numpy(mask).to(device, torch.float32)
 
 
+def vae_loss(
+    encoder: torch.nn.Module, decoder: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+    kl_beta: float, train: bool, bf16: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The beta-VAE loss of trainings 1 and 2: ``(reconstruction + kl_beta * KL, latent mean)``.
+
+    Training draws the latent from the posterior (one ``randn`` per latent value); evaluation decodes its mean.
+    """
+    with autocast(x.device, bf16):
+        mu, logvar = encoder(x, mask)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if train else mu
+        recon = decoder(z)
+    return _recon_loss(recon, target) + kl_beta * kl_divergence(mu.float(), logvar.float()), mu
+
+
 def train_vae(cfg: TrainingConfig) -> StageResult:
     """Training 1: the beta-VAE on isolated galaxies; writes ``work_dir/vae.pt`` (with ``M_b``)."""
     device, data = _setup(cfg)
     arch = _architecture(cfg)
     m_b = data.m_b()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + cfg.vae.init_seed)
     encoder, decoder = Encoder(arch).to(device), Decoder(arch).to(device)
     norm = Normalizer(m_b, cfg.beta).to(device)
 
@@ -126,16 +141,11 @@ def train_vae(cfg: TrainingConfig) -> StageResult:
         mask = _masks(len(idx), rng, cfg, device)
         x = norm(_pixels(data, "isolated", idx, device), mask)
         target = norm(_pixels(data, "clean", idx, device))
-        with autocast(device, cfg.bf16):
-            mu, logvar = encoder(x, mask)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if train else mu
-            recon = decoder(z)
-        return _recon_loss(recon, target) + cfg.vae.kl_beta * kl_divergence(mu.float(), logvar.float())
+        return vae_loss(encoder, decoder, x, mask, target, cfg.vae.kl_beta, train, cfg.bf16)[0]
 
-    result = run_stage(
-        "vae", {"encoder": encoder, "decoder": decoder}, [encoder, decoder], loss_fn, data.train_idx, data.val_idx,
-        cfg.vae, cfg.seed, Path(cfg.work_dir), _fingerprint(cfg, "vae"), cfg.progress,
-    )
+    stage = Stage("vae", {"encoder": encoder, "decoder": decoder}, [encoder, decoder], loss_fn, cfg.vae,
+                  _fingerprint(cfg, "vae"))  # fmt: skip
+    result = run_stage(stage, data.train_idx, data.val_idx, cfg.seed, Path(cfg.work_dir), cfg.progress)
     metadata = base_metadata(arch, list(m_b), data.pixel_scale(), psf_fwhm_arcsec=data.psf_fwhm(), beta=cfg.beta)
     metadata["train_stats"] = {"median_max": [float(v) for v in data.median_max()]}
     metadata["training_data"] = data.describe()
@@ -162,21 +172,16 @@ def train_deblender(cfg: TrainingConfig) -> StageResult:
         mask = _masks(len(idx), rng, cfg, device)
         x = norm(_pixels(data, "blend", idx, device), mask)
         target = norm(_pixels(data, "clean", idx, device))
-        with autocast(device, cfg.bf16):
-            mu, logvar = deblender(x, mask)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if train else mu
-            loss = _recon_loss(decoder(z), target) + stage.kl_beta * kl_divergence(mu.float(), logvar.float())
-            if stage.latent_weight > 0:
-                with torch.no_grad():
-                    full = torch.ones_like(mask)
-                    mu_ref, _ = vae_encoder(norm(_pixels(data, "isolated", idx, device)), full)
-                loss = loss + stage.latent_weight * (mu.float() - mu_ref.float()).pow(2).sum(dim=1).mean()
+        loss, mu = vae_loss(deblender, decoder, x, mask, target, stage.kl_beta, train, cfg.bf16)
+        if stage.latent_weight > 0:
+            with torch.no_grad(), autocast(device, cfg.bf16):
+                mu_ref, _ = vae_encoder(norm(_pixels(data, "isolated", idx, device)), torch.ones_like(mask))
+            loss = loss + stage.latent_weight * (mu.float() - mu_ref.float()).pow(2).sum(dim=1).mean()
         return loss
 
-    result = run_stage(
-        "deblender", {"deblender": deblender}, [deblender], loss_fn, data.train_idx, data.val_idx,
-        stage, cfg.seed, Path(cfg.work_dir), _fingerprint(cfg, "deblender", previous), cfg.progress,
-    )
+    spec = Stage("deblender", {"deblender": deblender}, [deblender], loss_fn, stage,
+                 _fingerprint(cfg, "deblender", previous))  # fmt: skip
+    result = run_stage(spec, data.train_idx, data.val_idx, cfg.seed, Path(cfg.work_dir), cfg.progress)
     metadata = dict(previous.metadata)
     metadata["stages"] = {**metadata.get("stages", {}), "deblender": _stage_summary(result, stage)}
     state = {**previous.state, "deblender": deblender.state_dict()}
@@ -191,7 +196,7 @@ def train_regressor(cfg: TrainingConfig) -> StageResult:
     deblender = previous.build("deblender").to(device)
     for p in deblender.parameters():
         p.requires_grad_(False)
-    torch.manual_seed(cfg.seed + 3)
+    torch.manual_seed(cfg.seed + cfg.regressor.init_seed)
     regressor = Regressor(previous.architecture).to(device)
     norm = Normalizer(np.asarray(previous.metadata["m_b"]), float(previous.metadata["beta"])).to(device)
     stage = cfg.regressor
@@ -205,10 +210,9 @@ def train_regressor(cfg: TrainingConfig) -> StageResult:
             mu, _ = deblender(x, mask)
         return gaussian_nll(regressor(mu.float()), e_true, z_true)
 
-    result = run_stage(
-        "regressor", {"regressor": regressor}, [regressor], loss_fn, data.train_idx, data.val_idx,
-        stage, cfg.seed, Path(cfg.work_dir), _fingerprint(cfg, "regressor", previous), cfg.progress,
-    )
+    spec = Stage("regressor", {"regressor": regressor}, [regressor], loss_fn, stage,
+                 _fingerprint(cfg, "regressor", previous))  # fmt: skip
+    result = run_stage(spec, data.train_idx, data.val_idx, cfg.seed, Path(cfg.work_dir), cfg.progress)
     metadata = dict(previous.metadata)
     metadata["stages"] = {**metadata.get("stages", {}), "regressor": _stage_summary(result, stage)}
     metadata["training_config"] = _plain(dataclasses.asdict(cfg))

@@ -12,7 +12,7 @@ from survey_deblend.cli import main
 
 @pytest.mark.slow
 def test_evaluate_a_real_pipeline_run_against_the_field_truth(tmp_path, capsys):
-    from survey_deblend.cluster import make_client
+    from survey_deblend.cluster import open_client
     from survey_deblend.config import load
     from survey_deblend.config.run import ClusterConfig, RunConfig
     from survey_deblend.models.checkpoint import write_untrained_checkpoint
@@ -26,13 +26,8 @@ def test_evaluate_a_real_pipeline_run_against_the_field_truth(tmp_path, capsys):
         f"catalog.shear={field.im3shape}", f"catalog.gold={field.gold}", f"images.source=tiles:{field.tiles_dir}",
         f"model.checkpoint={checkpoint}", f"output.out={out}", "output.partition_rows=50", "output.progress=false",
     ])
-    client, cluster = make_client(ClusterConfig(kind="local", n_workers=1, threads_per_worker=1,
-                                                dashboard_address=":0"))
-    try:
+    with open_client(ClusterConfig(kind="local", n_workers=1, threads_per_worker=1, dashboard_address=":0")) as client:
         summary = run(config, client)
-    finally:
-        client.close()
-        cluster.close()
     capsys.readouterr()
     assert main(["evaluate", str(out), "--truth", str(field.truth), "--bootstrap", "20"]) == 0
     printed = capsys.readouterr().out

@@ -22,7 +22,7 @@ from .simdata import NOISE_SIGMA, PSF_FWHM, write_tiny_dataset
 def _config(data: Path, work: Path, n: int = 240, vae_epochs: int = 2, **kw) -> TrainingConfig:
     return TrainingConfig(
         data=DataConfig(path=data, val_fraction=0.25, max_samples=n),
-        vae=StageConfig(epochs=vae_epochs, batch_size=32, lr=2e-3, kl_beta=1e-3),
+        vae=StageConfig(seed_stream=1, epochs=vae_epochs, batch_size=32, lr=2e-3, kl_beta=1e-3),
         work_dir=work,
         output=work / "final.pt",
         progress=False,
@@ -78,9 +78,9 @@ def test_trained_regressor_beats_zero_and_hsm_on_blends(tiny_dataset, tmp_path):
     """Three trainings on 900 scenes (about 25 s on two idle cores), judged on 200 new scenes."""
     cfg = TrainingConfig(
         data=DataConfig(path=tiny_dataset, val_fraction=0.1),
-        vae=StageConfig(epochs=8, batch_size=32, lr=2e-3, kl_beta=1e-3),
-        deblender=StageConfig(epochs=4, batch_size=32, lr=1e-3, kl_beta=1e-3, latent_weight=0.1),
-        regressor=StageConfig(epochs=30, batch_size=64, lr=3e-3),
+        vae=StageConfig(seed_stream=1, epochs=8, batch_size=32, lr=2e-3, kl_beta=1e-3),
+        deblender=StageConfig(seed_stream=2, epochs=4, batch_size=32, lr=1e-3, kl_beta=1e-3, latent_weight=0.1),
+        regressor=StageConfig(seed_stream=3, init_seed=3, epochs=30, batch_size=64, lr=3e-3),
         work_dir=tmp_path / "work",
         output=tmp_path / "final.pt",
         progress=False,
@@ -136,15 +136,16 @@ def test_downstream_stage_does_not_resume_on_a_changed_upstream(tiny_dataset, tm
 
     cfg = TrainingConfig(
         data=DataConfig(path=tiny_dataset, val_fraction=0.25, max_samples=80),
-        vae=StageConfig(epochs=1, batch_size=40),
-        deblender=StageConfig(epochs=1, batch_size=40),
+        vae=StageConfig(seed_stream=1, epochs=1, batch_size=40),
+        deblender=StageConfig(seed_stream=2, epochs=1, batch_size=40),
         work_dir=tmp_path,
         progress=False,
     )
     train_vae(cfg)
     train_deblender(cfg)
     train_deblender(cfg)  # same upstream: resumes (nothing left to do)
-    train_vae(TrainingConfig(**{**cfg.__dict__, "vae": StageConfig(epochs=2, batch_size=40)}))  # VAE extended
+    extended = StageConfig(seed_stream=1, epochs=2, batch_size=40)
+    train_vae(TrainingConfig(**{**cfg.__dict__, "vae": extended}))  # VAE extended
     with pytest.raises(Exception, match="other settings"):
         train_deblender(cfg)
 
@@ -159,3 +160,46 @@ def test_simulate_step_makes_the_training_set(tmp_path):
 
     ds = open_dataset(path)
     assert len(ds) == 8 and ds.read("blend", [0]).shape == (1, 6, 45, 45)
+
+
+def _toy_stage(tmp_path: Path, name: str, **settings) -> tuple[loop.StageResult, float]:
+    """One weight fitted to noisy targets drawn from the stage's random stream; returns the result and weight."""
+    torch.manual_seed(0)
+    module = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(module.weight)
+
+    def loss_fn(idx: np.ndarray, rng: np.random.Generator, train: bool) -> torch.Tensor:
+        noise = torch.from_numpy(rng.normal(size=len(idx))).float()
+        return ((module.weight.sum() - 3.0 - noise) ** 2).mean()
+
+    cfg = StageConfig(**{"seed_stream": 1, "epochs": 2, "batch_size": 8, "lr": 0.05, **settings})
+    stage = loop.Stage(name, {"w": module}, [module], loss_fn, cfg, fingerprint=name)
+    result = loop.run_stage(stage, np.arange(64), np.arange(16), seed=0, work_dir=tmp_path, progress=False)
+    return result, float(module.weight.detach())
+
+
+def test_stage_settings_reach_the_loop(tmp_path):
+    """The seed stream and the gradient clip come from the stage's config, not from constants in the loop."""
+    a, w_a = _toy_stage(tmp_path, "a")
+    b, w_b = _toy_stage(tmp_path, "b")
+    other, _ = _toy_stage(tmp_path, "c", seed_stream=2)
+    assert a.history == b.history and w_a == w_b
+    assert other.history[0]["train_loss"] != a.history[0]["train_loss"]
+    _, w_clipped = _toy_stage(tmp_path, "d", grad_clip_norm=1e-10)  # steps shrink to ~1 % under Adam's epsilon
+    assert 0 < w_clipped < 0.05 * w_a
+
+
+def test_yaml_stage_sections_keep_their_stage_defaults(tmp_path):
+    from survey_deblend.config import ConfigError, load
+
+    cfg = load(TrainingConfig, None, ["deblender.epochs=1", "regressor.lr=0.01"])
+    assert (cfg.deblender.epochs, cfg.deblender.latent_weight, cfg.deblender.seed_stream) == (1, 0.1, 2)
+    assert (cfg.regressor.lr, cfg.regressor.epochs, cfg.regressor.seed_stream, cfg.regressor.init_seed) == (
+        0.01, 20, 3, 3)  # fmt: skip
+    shipped = load(TrainingConfig, Path(__file__).resolve().parents[2] / "pipelines" / "train_lsst.yaml")
+    assert [s.seed_stream for s in (shipped.vae, shipped.deblender, shipped.regressor)] == [1, 2, 3]
+    assert shipped.vae.grad_clip_norm == 10.0 and shipped.regressor.init_seed == 3
+    with pytest.raises(ConfigError, match="different seed_stream"):
+        load(TrainingConfig, None, ["regressor.seed_stream=1"])
+    with pytest.raises(ConfigError, match="grad_clip_norm must be positive"):
+        load(TrainingConfig, None, ["vae.grad_clip_norm=0"])

@@ -26,15 +26,11 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def client():
-    from survey_deblend.cluster import make_client
+    from survey_deblend.cluster import open_client
     from survey_deblend.config.run import ClusterConfig
 
-    client, cluster = make_client(
-        ClusterConfig(kind="local", n_workers=2, threads_per_worker=1, dashboard_address=":0")
-    )
-    yield client
-    client.close()
-    cluster.close()
+    with open_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1, dashboard_address=":0")) as client:
+        yield client
 
 
 def run_config(field: SmallField, checkpoint: Path, out: Path, *extra: str, images: str | None = None):

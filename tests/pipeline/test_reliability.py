@@ -1,4 +1,7 @@
-"""Reliability: a worker killed mid-run, the whole run SIGKILLed and restarted, a failing SIA server."""
+"""Reliability: a worker killed mid-run, the whole run SIGKILLed and restarted, a failing SIA server.
+
+Both kills happen on a deterministic event, the first finished partition (``kill_on_first_write``).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +11,22 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_config
+from kill_on_first_write import KillOnFirstWrite, kill_busiest_worker
 
 from survey_deblend.pipeline import MANIFEST_NAME, run
 
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
-def _wait_for_markers(out: Path, n: int, timeout_s: float, stop: threading.Event | None = None) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done = len(list((out / "_done").glob("*.json"))) if (out / "_done").is_dir() else 0
-        if done >= n or (stop is not None and stop.is_set()):
-            return done
-        time.sleep(0.01)
-    raise TimeoutError(f"fewer than {n} partitions finished in {timeout_s} s")
+def _markers(out: Path) -> int:
+    return len(list((out / "_done").glob("*.json"))) if (out / "_done").is_dir() else 0
 
 
 def _assert_complete(out: Path, n_selected: int) -> pd.DataFrame:
@@ -41,43 +38,27 @@ def _assert_complete(out: Path, n_selected: int) -> pd.DataFrame:
 
 
 def test_worker_killed_mid_run_still_completes_every_galaxy_once(small_field, checkpoint, tmp_path):
-    from survey_deblend.cluster import make_client
+    """A worker is SIGKILLed the moment the first partition is written (a scheduler plugin, not a polling race)."""
+    from survey_deblend.cluster import open_client
     from survey_deblend.config.run import ClusterConfig
 
-    client, cluster = make_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0"))
+    victims: list[int] = []
     out = tmp_path / "out"
     config = run_config(small_field, checkpoint, out, "output.partition_rows=3", "model.measure_recon=false")
-    result: dict = {}
-    finished = threading.Event()
-
-    def target() -> None:
-        try:
-            result["summary"] = run(config, client, stream=io.StringIO())
-        except BaseException as exc:  # surfaced by the assertion below
-            result["error"] = exc
-        finally:
-            finished.set()
-
-    try:
-        thread = threading.Thread(target=target)
-        thread.start()
-        done_at_kill = _wait_for_markers(out, 2, timeout_s=120, stop=finished)
-        pids = client.run(os.getpid)
-        victim = sorted(pids.values())[0]
-        os.kill(victim, signal.SIGKILL)
-        thread.join(timeout=180)
-        assert "error" not in result, result.get("error")
-        summary = result["summary"]
-        manifest = json.loads((out / MANIFEST_NAME).read_text())
-        assert done_at_kill < manifest["n_partitions"], "run finished before the kill: the test proved nothing"
-        _assert_complete(out, summary.n_selected)
-        assert victim not in client.run(os.getpid).values()  # the nanny replaced the killed worker
-    finally:
-        client.close()
-        cluster.close()
+    with open_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")) as client:
+        scheduler = client.cluster.scheduler  # in this process: the plugin object itself records the kill
+        plugin = KillOnFirstWrite(scheduler, lambda s: victims.append(kill_busiest_worker(s)))
+        scheduler.add_plugin(plugin)
+        summary = run(config, client, stream=io.StringIO())
+        assert victims, "no write task ever finished, so no worker was killed: the test proved nothing"
+        assert victims[0] not in client.run(os.getpid).values()  # the nanny replaced the killed worker
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert plugin.writes_done_at_kill == 1 < manifest["n_partitions"]
+    _assert_complete(out, summary.n_selected)
 
 
 def test_whole_run_sigkilled_then_restarted_resumes_without_duplicates(small_field, checkpoint, client, tmp_path):
+    """The whole run (client and cluster) is SIGKILLed by a scheduler preload at its first finished partition."""
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "survey_deblend", "run",
@@ -88,21 +69,28 @@ def test_whole_run_sigkilled_then_restarted_resumes_without_duplicates(small_fie
         "--set", "model.measure_recon=false",
         "--set", "cluster.threads_per_worker=1",
     ]
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": repr([str(HERE / "kill_on_first_write.py")])}
     log = (tmp_path / "run.log").open("w")
-    proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        done_at_kill = _wait_for_markers(out, 3, timeout_s=150)
+        code = proc.wait(timeout=240)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the client and its cluster's processes, all at once
-        proc.wait(timeout=30)
+        if proc.poll() is None:  # never leave the run behind, whatever happened
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
         log.close()
+    assert code == -signal.SIGKILL, (
+        f"the run ended with code {code} instead of being killed at its first finished partition:\n"
+        + (tmp_path / "run.log").read_text()[-2000:]
+    )
     manifest = json.loads((out / MANIFEST_NAME).read_text())
+    done_at_kill = _markers(out)
     assert manifest["state"] == "running"
-    assert done_at_kill < manifest["n_partitions"], "run finished before the kill: the test proved nothing"
+    assert 1 <= done_at_kill < manifest["n_partitions"]
 
     config = run_config(small_field, checkpoint, out, "output.partition_rows=3", "model.measure_recon=false")
     summary = run(config, client, stream=io.StringIO())
-    assert summary.n_resumed >= done_at_kill
+    assert summary.n_resumed == done_at_kill
     assert summary.run_id == manifest["run_id"]
     frame = _assert_complete(out, summary.n_selected)
     assert set(frame["run_id"]) == {manifest["run_id"]}

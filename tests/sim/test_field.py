@@ -146,13 +146,10 @@ def test_tile_names_stay_unique_for_small_tiles():
 
 
 @pytest.mark.slow
-def test_demo_size_field_is_quick_and_has_a_usable_selection(tmp_path):
-    """The demo's field (2 tiles x 1000 px) builds in under a minute and yields hundreds of SNR_W > 20 shapes."""
-    import time
-
-    start = time.perf_counter()
+def test_demo_size_field_has_a_usable_selection(tmp_path):
+    """The demo's field (2 tiles x 1000 px) yields hundreds of SNR_W > 20 shapes (its build time is measured by
+    ``benchmarks/simulate.py``, ``simulate_des_field``, not asserted here)."""
     paths = make_des_field(tmp_path, n_tiles=2, tile_size_pix=1000, seed=0)
-    assert time.perf_counter() - start < 60
     im3 = Table.read(paths.im3shape).to_pandas()
     usable = (im3["SNR_W"] > 20) & (im3["ERROR_FLAG"] == 0) & (im3["INFO_FLAG"] == 0)
     assert usable.sum() > 150
