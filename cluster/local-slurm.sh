@@ -36,8 +36,10 @@ install_packages() {
   apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 }
 
-pid_alive() {  # pid_alive FILE: the process named in a pid file is running
-  [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+pid_alive() {  # pid_alive FILE NAME: the pid file names a live NAME (not a stale file, a reused pid, a zombie)
+  local pid
+  pid="$(cat "$1" 2>/dev/null)" || return 1
+  [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]] && ! grep -q "^State:.*zombie" "/proc/$pid/status"
 }
 
 start_munge() {
@@ -46,7 +48,7 @@ start_munge() {
     say "creating /etc/munge/munge.key"
     runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
   fi
-  if ! pid_alive /run/munge/munged.pid; then
+  if ! pid_alive /run/munge/munged.pid munged; then
     runuser -u munge -- /usr/sbin/munged
   fi
   munge -n | unmunge >/dev/null || die "munge does not answer (see /var/log/munge/munged.log)"
@@ -114,10 +116,10 @@ start() {
   if [[ "$CONF_CHANGED" == 1 ]]; then  # a changed configuration needs fresh daemons
     stop_daemons
   fi
-  if ! pid_alive /run/slurmctld.pid; then
+  if ! pid_alive /run/slurmctld.pid slurmctld; then
     slurmctld
   fi
-  if ! pid_alive /run/slurmd.pid; then
+  if ! pid_alive /run/slurmd.pid slurmd; then
     slurmd
   fi
   local deadline=$((SECONDS + WAIT_S)) state=""
@@ -133,7 +135,7 @@ start() {
 }
 
 stop_pidfile() {  # stop_pidfile FILE NAME: TERM the process, wait for it to go
-  if pid_alive "$1"; then
+  if pid_alive "$1" "$2"; then
     local pid
     pid="$(cat "$1")"
     kill "$pid"
@@ -149,7 +151,7 @@ stop_daemons() {
 
 stop() {
   need_root stop
-  if pid_alive /run/slurmctld.pid; then
+  if pid_alive /run/slurmctld.pid slurmctld; then
     timeout 10 scancel --partition="$PARTITION" 2>/dev/null || true
   fi
   stop_daemons
@@ -159,7 +161,7 @@ stop() {
 status() {
   local ok=0
   for pair in /run/munge/munged.pid:munged /run/slurmctld.pid:slurmctld /run/slurmd.pid:slurmd; do
-    if pid_alive "${pair%%:*}"; then say "${pair#*:} running"; else say "${pair#*:} not running"; ok=1; fi
+    if pid_alive "${pair%%:*}" "${pair#*:}"; then say "${pair#*:} running"; else say "${pair#*:} not running"; ok=1; fi
   done
   if ! timeout 10 sinfo 2>/dev/null; then
     say "sinfo: no answer from the controller"
