@@ -29,9 +29,12 @@ def controller_problem() -> str | None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return f"no SLURM client (sinfo, sbatch) on PATH; {START_HINT}"
     try:
-        lines = _run("sinfo", "-h", "-o", "%P %t").split()
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        return f"sinfo gets no answer from a controller ({type(exc).__name__}); {START_HINT}"
+        lines = _run("sinfo", "-h", "-o", "%P %t", timeout_s=8).split()  # sinfo retries a dead controller ~20 s
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr or "").strip().splitlines()[-1:] or [f"exit {exc.returncode}"]
+        return f"sinfo gets no answer from a controller ({said[0]}); {START_HINT}"
+    except subprocess.TimeoutExpired:
+        return f"sinfo gets no answer from a controller within 8 s; {START_HINT}"
     pairs = list(zip(lines[::2], lines[1::2], strict=True))
     usable = [state for part, state in pairs if part.endswith("*") and state in ("idle", "mix")]
     if not usable:

@@ -80,7 +80,7 @@ def test_run_cluster_slurm_equals_a_local_run(small_field, checkpoint, local_fra
     site = write_site_file(tmp_path / "site.yaml", tmp_path, name)
     out = tmp_path / "out"
     proc = _cli(["--cluster", "slurm", *_run_args(small_field, checkpoint, out, site,
-                                                   "--set", "cluster.wait_for_workers_s=120")],
+                                                   "--set", "cluster.wait_for_workers_s=240")],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log
@@ -108,7 +108,7 @@ def test_worker_job_cancelled_mid_run_is_replaced_and_every_galaxy_written_once(
     site = write_site_file(tmp_path / "site.yaml", tmp_path, name)
     out = tmp_path / "out"
     args = _run_args(small_field, checkpoint, out, site, "--set", "output.partition_rows=3",
-                     "--set", "model.measure_recon=false", "--set", "cluster.wait_for_workers_s=120")
+                     "--set", "model.measure_recon=false", "--set", "cluster.wait_for_workers_s=240")
     # the lost worker is noticed after distributed.deploy.lost-worker-timeout (15 s by default)
     proc = _cli(["--cluster", "slurm", *args], env={"DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "2s"},
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
