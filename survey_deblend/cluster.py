@@ -80,11 +80,11 @@ def make_jobqueue_cluster(cfg: ClusterConfig) -> Any:
         raise ConfigError(f"{cfg.jobqueue_config or f'jobqueue.{cfg.kind}'}: {first_line}") from None
 
 
-def keep_jobs(cluster: Any, kind: str, jobs: int, period_s: float = 5.0) -> None:
+def keep_jobs(cluster: Any, kind: str, period_s: float = 5.0) -> None:
     """Resubmit a batch job whose worker left (``scancel``, walltime, node failure), saying so on stderr.
 
     dask-jobqueue drops such a job from ``cluster.workers`` (after ``distributed.deploy.lost-worker-timeout``)
-    but keeps it in the plan, so neither ``scale`` nor ``adapt`` notices; calling ``scale`` again submits it anew.
+    but keeps it in the plan, so neither ``scale`` nor ``adapt`` notices; ``scale`` to the same plan submits it anew.
     """
     from tornado.ioloop import PeriodicCallback
 
@@ -93,13 +93,15 @@ def keep_jobs(cluster: Any, kind: str, jobs: int, period_s: float = 5.0) -> None
     def check() -> None:
         if cluster.status.name != "running":
             return
+        for name in set(seen) - set(cluster.worker_spec):  # scaled down on purpose: not lost
+            del seen[name]
         lost = sorted(set(seen) - set(cluster.workers))
         seen.update({name: str(getattr(job, "job_id", "?")) for name, job in cluster.workers.items()})
         for name in lost:
             print(f"survey-deblend: {kind} job {seen.pop(name)} (worker {name}) ended before the run did; "
                   "submitting a replacement", file=sys.stderr, flush=True)
         if lost:
-            cluster.scale(jobs=jobs)
+            cluster.scale(jobs=len(cluster.worker_spec))
 
     callback = PeriodicCallback(check, period_s * 1000)
     cluster.periodic_callbacks["survey-deblend-keep-jobs"] = callback
@@ -140,7 +142,7 @@ def make_client(cfg: ClusterConfig) -> tuple[Client, Any | None]:
     if cfg.kind in JOBQUEUE_KINDS:
         cluster = make_jobqueue_cluster(cfg)
         cluster.scale(jobs=cfg.jobs)
-        keep_jobs(cluster, cfg.kind, cfg.jobs)
+        keep_jobs(cluster, cfg.kind)
         client = Client(cluster)
         try:
             client.wait_for_workers(1, timeout=cfg.wait_for_workers_s)
