@@ -22,9 +22,16 @@ def main() -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--interface", help="network interface of scheduler and workers, e.g. ib0 (default: any)")
+    parser.add_argument("--scheduler-file", default="scheduler-{job_id}.json", help="on a folder every node sees")
     args = parser.parse_args()
     config = load(RunConfig, args.config, [*args.overrides, f"output.out={args.out}"])
-    with SLURMRunner(worker_options={"resources": {"GPU": 1}}) as runner:
+    network = {"interface": args.interface} if args.interface else {}
+    with SLURMRunner(
+        scheduler_file=args.scheduler_file,
+        scheduler_options={**network},
+        worker_options={**network, "resources": {"GPU": 1}},
+    ) as runner:
         with Client(runner) as client:
             client.wait_for_workers(runner.n_workers)
             try:

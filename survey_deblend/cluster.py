@@ -7,10 +7,10 @@ for it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from distributed import Client, LocalCluster
 
 from survey_deblend.config.run import ClusterConfig
@@ -33,40 +33,79 @@ def check_cluster_kind(kind: str) -> None:
     raise ConfigError(f"cluster.kind: unknown cluster kind '{kind}' (expected {', '.join(KINDS)} or tcp://host:port)")
 
 
-def default_jobqueue_config(kind: str) -> Path:
-    """``cluster/<kind>.yaml`` in the current folder: where the repository keeps the site settings."""
-    return Path("cluster") / f"{kind}.yaml"
+def merge_jobqueue_config(kind: str, path: Path | None) -> None:
+    """Merge the site file ``path`` (if any) into ``dask.config``, as if it lay in ``~/.config/dask``.
 
+    dask-jobqueue reads every setting from ``dask.config`` (``jobqueue.<kind>.<key>``), also when it later submits
+    a job, so the file's keys land there for the life of the process; keys it leaves out keep the user's Dask
+    configuration. A relative ``path`` is relative to the current folder, like every path on the command line.
+    """
+    import dask.config
+    import dask_jobqueue  # noqa: F401  (importing it merges dask-jobqueue's own defaults)
 
-def read_jobqueue_config(kind: str, path: Path | None) -> dict[str, Any]:
-    """The ``jobqueue.<kind>`` section of a dask-jobqueue YAML file, as keyword arguments of its cluster class."""
-    path = Path(path) if path is not None else default_jobqueue_config(kind)
-    if not path.is_file():
-        raise ConfigError(f"cluster.jobqueue_config: {path} not found (copy cluster/{kind}.yaml and edit it)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML") from None
-    section = data.get("jobqueue", {}).get(kind) if isinstance(data, dict) else None
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: missing the section 'jobqueue.{kind}'")
-    return {str(key).replace("-", "_"): value for key, value in section.items() if value is not None}
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"cluster.jobqueue_config: {path} not found (copy cluster/{kind}.yaml and edit it)")
+        try:
+            data = next(iter(dask.config.collect_yaml([str(path)])), None) or {}
+        except ValueError:
+            raise ConfigError(f"{path}: not valid YAML (a mapping with the section 'jobqueue.{kind}')") from None
+        section = data.get("jobqueue", {}).get(kind) if isinstance(data.get("jobqueue"), dict) else None
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: missing the section 'jobqueue.{kind}'")
+        dask.config.update(dask.config.config, data)
+    for key in ("cores", "memory"):
+        if dask.config.get(f"jobqueue.{kind}.{key}", None) is None:
+            where = path or "the Dask configuration"
+            raise ConfigError(
+                f"jobqueue.{kind}.{key}: not set in {where} (--set cluster.jobqueue_config=FILE, "
+                f"a copy of cluster/{kind}.yaml, or put it in ~/.config/dask/jobqueue.yaml)"
+            )
 
 
 def make_jobqueue_cluster(cfg: ClusterConfig) -> Any:
-    """A SLURMCluster or PBSCluster configured from ``cluster/<kind>.yaml``; no job is submitted yet.
-
-    The file's keys are dask-jobqueue's own; keys it leaves out fall back to the user's Dask configuration.
-    """
-    settings = read_jobqueue_config(cfg.kind, cfg.jobqueue_config)
+    """A SLURMCluster or PBSCluster configured through ``dask.config``; no job is submitted yet."""
+    import dask.config
     import dask_jobqueue
 
+    merge_jobqueue_config(cfg.kind, cfg.jobqueue_config)
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[cfg.kind]
+    scheduler_options = dict(dask.config.get(f"jobqueue.{cfg.kind}.scheduler-options", None) or {})
+    scheduler_options.setdefault("dashboard_address", cfg.dashboard_address)
     try:
-        return cls(scheduler_options={"dashboard_address": cfg.dashboard_address}, **settings)
+        return cls(scheduler_options=scheduler_options)
     except (ValueError, TypeError) as exc:
         first_line = str(exc).splitlines()[0]
-        raise ConfigError(f"{cfg.jobqueue_config or default_jobqueue_config(cfg.kind)}: {first_line}") from None
+        raise ConfigError(f"{cfg.jobqueue_config or f'jobqueue.{cfg.kind}'}: {first_line}") from None
+
+
+def keep_jobs(cluster: Any, kind: str, period_s: float = 5.0) -> None:
+    """Resubmit a batch job whose worker left (``scancel``, walltime, node failure), saying so on stderr.
+
+    dask-jobqueue drops such a job from ``cluster.workers`` (after ``distributed.deploy.lost-worker-timeout``)
+    but keeps it in the plan, so neither ``scale`` nor ``adapt`` notices; ``scale`` to the same plan submits it anew.
+    """
+    from tornado.ioloop import PeriodicCallback
+
+    seen: dict[str, str] = {}  # worker name -> batch job id, of every job that got as far as being submitted
+
+    def check() -> None:
+        if cluster.status.name != "running":
+            return
+        for name in set(seen) - set(cluster.worker_spec):  # scaled down on purpose: not lost
+            del seen[name]
+        lost = sorted(set(seen) - set(cluster.workers))
+        seen.update({name: str(getattr(job, "job_id", "?")) for name, job in cluster.workers.items()})
+        for name in lost:
+            print(f"survey-deblend: {kind} job {seen.pop(name)} (worker {name}) ended before the run did; "
+                  "submitting a replacement", file=sys.stderr, flush=True)
+        if lost:
+            cluster.scale(jobs=len(cluster.worker_spec))
+
+    callback = PeriodicCallback(check, period_s * 1000)
+    cluster.periodic_callbacks["survey-deblend-keep-jobs"] = callback
+    cluster.loop.add_callback(callback.start)
 
 
 def _local_cuda_cluster(cfg: ClusterConfig) -> Any:
@@ -103,6 +142,7 @@ def make_client(cfg: ClusterConfig) -> tuple[Client, Any | None]:
     if cfg.kind in JOBQUEUE_KINDS:
         cluster = make_jobqueue_cluster(cfg)
         cluster.scale(jobs=cfg.jobs)
+        keep_jobs(cluster, cfg.kind)
         client = Client(cluster)
         try:
             client.wait_for_workers(1, timeout=cfg.wait_for_workers_s)
@@ -110,8 +150,8 @@ def make_client(cfg: ClusterConfig) -> tuple[Client, Any | None]:
             client.close()
             cluster.close()
             raise SurveyDeblendError(
-                f"no {cfg.kind} worker started within {cfg.wait_for_workers_s:.0f} s (check the queue and "
-                f"{cfg.jobqueue_config or default_jobqueue_config(cfg.kind)})"
+                f"no {cfg.kind} worker started within {cfg.wait_for_workers_s:.0f} s (check the queue, the job "
+                f"logs and {cfg.jobqueue_config or f'jobqueue.{cfg.kind} in the Dask configuration'})"
             ) from None
         return client, cluster
     try:

@@ -1,4 +1,4 @@
-"""Cluster kinds: clear errors, job scripts from cluster/*.yaml without a controller, a local cluster."""
+"""Cluster kinds: clear errors, jobqueue settings merged through dask.config, a local cluster (SLURM: test_slurm)."""
 
 from __future__ import annotations
 
@@ -26,42 +26,69 @@ def test_unknown_kind_is_one_clear_line(kind):
     assert "\n" not in str(info.value) and kind in str(info.value)
 
 
-def _job_script(kind: str) -> str:
-    """The batch script dask-jobqueue would submit with ``cluster/<kind>.yaml`` (no controller needed)."""
-    cluster = make_jobqueue_cluster(
-        ClusterConfig(kind=kind, jobqueue_config=REPO / "cluster" / f"{kind}.yaml", dashboard_address=":0")
-    )
+@pytest.fixture
+def dask_config():
+    """Restore ``dask.config`` afterwards: a jobqueue file is merged into it for the life of the process."""
+    import copy
+
+    import dask.config
+    import dask_jobqueue  # noqa: F401  (its defaults, merged on import, belong to the saved state)
+
+    saved = copy.deepcopy(dask.config.config)
+    yield dask.config
+    dask.config.config.clear()
+    dask.config.config.update(saved)
+
+
+def _job_script(cfg: ClusterConfig) -> str:
+    """The batch script dask-jobqueue would submit (the real submissions are in test_slurm.py)."""
+    cluster = make_jobqueue_cluster(cfg)
     try:
         return cluster.job_script()
     finally:
         cluster.close()
 
 
-def test_slurm_job_script_has_gpu_directives_and_resources():
-    script = _job_script("slurm")
-    assert "#SBATCH -p gpu" in script
-    assert "#SBATCH -A my-project" in script
-    assert "#SBATCH --gres=gpu:1" in script
-    assert "#SBATCH -t 04:00:00" in script
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_repository_files_are_jobqueue_configs_with_gpu_workers(kind, dask_config):
+    script = _job_script(ClusterConfig(kind=kind, jobqueue_config=REPO / "cluster" / f"{kind}.yaml",
+                                       dashboard_address=":0"))
     assert "--resources GPU=1" in script
-    assert "--nthreads 8" in script or "--nworkers 1 --nthreads 8" in script
+    assert dask_config.get(f"jobqueue.{kind}.worker_extra_args") == ["--resources", "GPU=1"]
 
 
-def test_pbs_job_script_has_resource_spec_and_resources():
-    script = _job_script("pbs")
-    assert "#PBS -q gpu" in script
-    assert "#PBS -A my-project" in script
-    assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=32GB" in script
-    assert "--resources GPU=1" in script
+def test_site_file_wins_and_the_users_dask_config_fills_the_rest(dask_config, tmp_path, monkeypatch):
+    dask_config.set({"jobqueue.slurm.walltime": "01:02:03", "jobqueue.slurm.cores": 5, "jobqueue.slurm.memory": "1GB"})
+    site = tmp_path / "site.yaml"
+    site.write_text("jobqueue:\n  slurm:\n    cores: 3\n    memory: 6GB\n    job_extra_directives: ['--qos=low']\n")
+    monkeypatch.chdir(tmp_path)  # a relative path is relative to the current folder, like any path given
+    script = _job_script(ClusterConfig(kind="slurm", jobqueue_config=Path("site.yaml"), dashboard_address=":0"))
+    assert "#SBATCH -t 01:02:03" in script  # from the user's Dask configuration
+    assert "#SBATCH --cpus-per-task=3" in script and "#SBATCH --mem=6G" in script  # the file over the user's
+    assert "#SBATCH --qos=low" in script
+    assert dask_config.get("jobqueue.slurm.job-extra-directives") == ["--qos=low"]  # dask's names, - or _
 
 
-def test_missing_jobqueue_file_names_it(tmp_path):
+def test_no_file_uses_the_dask_configuration_alone(dask_config):
+    dask_config.set({"jobqueue.pbs.cores": 2, "jobqueue.pbs.memory": "4GB", "jobqueue.pbs.queue": "short"})
+    script = _job_script(ClusterConfig(kind="pbs", dashboard_address=":0"))
+    assert "#PBS -q short" in script and "#PBS -l select=1:ncpus=2:mem=" in script
+
+
+def test_jobqueue_settings_missing_or_wrong_are_one_line(dask_config, tmp_path):
     with pytest.raises(ConfigError, match="nowhere.yaml not found"):
         make_jobqueue_cluster(ClusterConfig(kind="slurm", jobqueue_config=tmp_path / "nowhere.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("jobqueue:\n  pbs: {}\n")
-    with pytest.raises(ConfigError, match="jobqueue.slurm"):
+    with pytest.raises(ConfigError, match="bad.yaml: missing the section 'jobqueue.slurm'"):
         make_jobqueue_cluster(ClusterConfig(kind="slurm", jobqueue_config=bad))
+    bad.write_text("jobqueue: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        make_jobqueue_cluster(ClusterConfig(kind="slurm", jobqueue_config=bad))
+    dask_config.set({"jobqueue.slurm.cores": None})
+    with pytest.raises(ConfigError) as info:
+        make_jobqueue_cluster(ClusterConfig(kind="slurm"))
+    assert "jobqueue.slurm.cores: not set" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_local_cuda_without_dask_cuda_names_the_gpu_extra(monkeypatch):
