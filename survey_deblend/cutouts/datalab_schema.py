@@ -51,19 +51,23 @@ class ServedImage:
     tile: TileInfo
     extensions: dict[str, int]  # prodtype -> extension number
     corners: tuple[tuple[float, float], ...]  # (ra, dec) of the image corners
+    keywords: dict[str, str]  # MAGZERO, seeing (FWHM), EXPTIME of the science header, as the strings served
 
     @classmethod
     def of(cls, tile: TileInfo) -> ServedImage:
         """Find the products of the file (by EXTNAME; the science image is the indexed one) and its corners."""
         extensions = {"image": tile.hdu}
         with fits.open(tile.path, memmap=True) as hdul:
+            sci = hdul[tile.hdu].header
+            keywords = {"magzero": _text(sci.get("MAGZERO", hdul[0].header.get("MAGZERO"))),
+                        "seeing": _text(sci.get("FWHM", sci.get("SEEING"))), "exptime": _text(sci.get("EXPTIME"))}
             for i, hdu in enumerate(hdul):
                 name = str(hdu.header.get("EXTNAME", "")).strip().upper()
                 if name in PRODTYPE_OF_PLANE and name != "SCI":
                     extensions[PRODTYPE_OF_PLANE[name]] = i
         ny, nx = tile.shape
         ra, dec = tile.wcs.all_pix2world([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5], 0)
-        return cls(tile, extensions, tuple((float(r), float(d)) for r, d in zip(ra, dec, strict=True)))
+        return cls(tile, extensions, tuple((float(r), float(d)) for r, d in zip(ra, dec, strict=True)), keywords)
 
 
 def answer(
@@ -84,7 +88,6 @@ def answer(
     where = f"POS={pos[0]:.7f},{pos[1]:.7f}&SIZE={size[0]:.7f},{size[1]:.7f}"
     for k, (image, prodtype, extn) in enumerate(rows):
         tile = image.tile
-        header = fits.Header.fromstring(tile.header)
         ras, decs = np.array([c[0] for c in image.corners]), np.array([c[1] for c in image.corners])
         ra0, dec0 = tile.centre
         ras_unwrapped = ra0 + (ras - ra0 + 180.0) % 360.0 - 180.0
@@ -96,8 +99,8 @@ def answer(
             band, "Stack", prodtype, url, "image/fits", ra0, dec0, 0.0,
             "POLYGON ICRS " + " ".join(f"{r % 360.0:.6f} {d:.6f}" for r, d in image.corners),
             float(ras_unwrapped.min()) % 360.0, float(ras_unwrapped.max()) % 360.0, float(decs.min()),
-            float(decs.max()), np.array([scale / 3600.0, scale / 3600.0]), _text(header.get("MAGZERO")),
-            _text(header.get("FWHM", header.get("SEEING"))), _text(header.get("EXPTIME")),
+            float(decs.max()), np.array([scale / 3600.0, scale / 3600.0]), image.keywords["magzero"],
+            image.keywords["seeing"], image.keywords["exptime"],
             f"{tile.tile} {tile.band} {prodtype}",
         )
         table.array.mask[k] = tuple(n == "s_fov" for n, _, _ in COLUMNS)  # empty in every Data Lab row

@@ -42,7 +42,8 @@ _MAX_WCS_COPIES = 64  # per-thread WCS copies kept per tile before the cache sta
 
 @dataclass
 class TileInfo:
-    """One tile-band file: where it is, what it is, and its WCS header (a string, so it pickles cheaply)."""
+    """One tile-band file: where it is, what it is, and its celestial WCS as a header string (only the WCS
+    keywords, about 2 kB, so that an index of thousands of tiles pickles and scatters cheaply)."""
 
     path: Path
     tile: str
@@ -148,8 +149,8 @@ def read_tile_info(path: str | Path) -> TileInfo:
         zeropoint = None if zeropoint is None else float(zeropoint)
     except (TypeError, ValueError):
         raise InputError(f"{path}: MAGZERO '{zeropoint}' is not a number") from None
-    return TileInfo(path=path, tile=tile, band=band, hdu=index, shape=shape, header=header.tostring(),
-                    zeropoint=zeropoint)
+    compact = wcs.celestial.to_header(relax=True).tostring()
+    return TileInfo(path=path, tile=tile, band=band, hdu=index, shape=shape, header=compact, zeropoint=zeropoint)
 
 
 def index_tiles(tiles_dir: str | Path, bands: tuple[str, ...] | None = None) -> list[TileInfo]:

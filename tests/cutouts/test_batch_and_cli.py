@@ -23,7 +23,19 @@ def test_band_statuses_combine_into_one_row_status():
     assert st.combine_band_statuses([st.OK, st.NO_COVERAGE, st.OK]) == st.OK
     assert st.combine_band_statuses([st.OK, st.PADDED]) == st.PADDED
     assert st.combine_band_statuses([st.NO_COVERAGE, st.NO_COVERAGE]) == st.NO_COVERAGE
-    assert st.combine_band_statuses([st.OK, st.ERROR_TIMEOUT, st.PADDED]) == st.ERROR_TIMEOUT
+    # a failed band is masked: the row stays usable while any band is
+    assert st.combine_band_statuses([st.OK, st.ERROR_TIMEOUT, st.PADDED]) == st.PADDED
+    assert st.combine_band_statuses([st.ERROR_NAN, st.OK]) == st.OK
+    # no usable band: the worst failure is named
+    assert st.combine_band_statuses([st.ERROR_NAN, st.ERROR_HTTP, st.NO_COVERAGE]) == st.ERROR_HTTP
+    assert st.combine_band_statuses([st.ERROR_WRONG_SIZE, st.ERROR_OFF_HOST]) == st.ERROR_OFF_HOST
+    assert set(st.SEVERITY) == st.FAILURES
+    # the model does not survive a failed i band (measured): the row names that failure
+    assert st.combine_band_statuses([st.OK, st.ERROR_TIMEOUT, st.OK], ("r", "i", "z")) == st.ERROR_TIMEOUT
+    assert st.combine_band_statuses([st.OK, st.NO_COVERAGE, st.OK], ("r", "i", "z")) == st.OK
+    assert st.combine_band_statuses([st.ERROR_NAN, st.OK, st.OK], ("r", "i", "z")) == st.OK
+    assert st.failed_bands(("g", "r", "Y"), [st.OK, st.ERROR_HTTP, st.ERROR_NAN]) == "r:error_http Y:error_nan"
+    assert st.failed_bands(("g",), [st.NO_COVERAGE]) == ""
     assert st.USABLE == {"ok", "padded"}
     assert st.FAILURES.isdisjoint(st.USABLE) and st.NO_COVERAGE not in st.FAILURES
 
@@ -34,6 +46,12 @@ def test_batch_counts_usable_rows_and_carries_its_frame():
     a.status[1] = st.ERROR_HTTP
     assert len(a) == 3 and a.stamp_size == 5 and a.images.dtype == np.float32
     assert a.status_counts() == {st.ERROR_HTTP: 1, st.OK: 2}
+    assert list(a.failed_bands) == ["", "", ""]
+    a.settle(np.array([[st.OK, st.ERROR_TIMEOUT], [st.ERROR_NAN, st.ERROR_HTTP], [st.NO_COVERAGE, st.PADDED]]))
+    assert list(a.status) == [st.OK, st.ERROR_HTTP, st.PADDED]
+    assert list(a.failed_bands) == ["r:error_timeout", "g:error_nan r:error_http", ""]
+    assert a.band_mask.tolist() == [[True, False], [False, False], [False, True]]
+    a.status[:] = [st.OK, st.ERROR_HTTP, st.OK]
     assert list(a.usable) == [True, False, True]
     assert a.bands == ("g", "r") and a.pixel_scale_arcsec == 0.2637 and a.frame.zeropoints == (30.0, 30.0)
     with pytest.raises(ValueError, match="band_mask shape"):

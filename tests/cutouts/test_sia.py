@@ -212,5 +212,41 @@ def test_unforeseen_failure_in_one_cutout_is_a_row_status(field, monkeypatch):
     with running_server(field.std) as url:
         with pytest.warns(RuntimeWarning, match="singular CD matrix"):
             batch = quick(url, bands=("g", "r")).fetch(*field.radec("elongated", "round"), S)
-    assert list(batch.status) == [st.ERROR_BAD_FITS] * 2
+    assert list(batch.status) == [st.OK] * 2  # r is masked, g still serves the galaxy
+    assert list(batch.failed_bands) == ["r:error_bad_fits"] * 2
     assert batch.band_mask[:, 0].all() and not batch.band_mask[:, 1].any()
+
+
+def test_tiles_are_chosen_once_by_the_planner(field, tmp_path):
+    ra, dec = field.radec(*ALL)
+    with running_server(field.std) as url:
+        source = quick(url)
+        assert len(pickle.dumps(source)) < 2048
+        whole = source.fetch(ra, dec, S)
+        before = url.server.request_counts["sia"]
+        choice = source.plan(ra, dec, S)
+        queries = url.server.request_counts["sia"] - before
+        assert queries == len(np.unique(source.locality_keys(ra, dec)))
+        assert list(choice.keys) == ["DES0000-5000", "DES0001-5000", "DES0000-5000", "DES0000-5000",
+                                     "DES0001-5000", "no_coverage"]
+        for key in np.unique(choice.keys):
+            rows = np.flatnonzero(choice.keys == key)
+            part = pickle.loads(pickle.dumps(choice.take(rows)))
+            batch = pickle.loads(pickle.dumps(source)).fetch(ra[rows], dec[rows], S, choice=part)
+            np.testing.assert_array_equal(batch.images, whole.images[rows])
+            np.testing.assert_array_equal(batch.status, whole.status[rows])
+        assert url.server.request_counts["sia"] == before + queries  # the workers never query again
+    assert choice.galaxies_per_tile()["DES0000-5000_r0001p01_g.fits"] == 3
+
+
+def test_a_band_failing_after_its_retries_is_masked_and_the_galaxy_kept(field):
+    ra, dec = field.radec("elongated")
+    expected = TileSource(field.std, bands=("g", "r")).fetch(ra, dec, S)
+    # one worker, bands in order: the first three requests (g, tried three times) get NaN pixels
+    with running_server(field.std, faults=Faults(nan_rate=1.0, max_faults=3)) as url:
+        batch = quick(url, bands=("g", "r"), retries=2, concurrency=1).fetch(ra, dec, S)
+        assert url.server.request_counts["cutout"] == 4
+    assert batch.status[0] == st.OK and batch.failed_bands[0] == "g:error_nan"
+    assert list(batch.band_mask[0]) == [False, True]
+    assert np.all(batch.images[0, 0] == 0)
+    np.testing.assert_array_equal(batch.images[0, 1], expected.images[0, 1])
