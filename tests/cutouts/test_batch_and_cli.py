@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -73,9 +75,11 @@ def test_serve_sia_is_registered():
     assert args.tiles == "t" and args.port == 0 and args.error_rate == 0.1 and callable(args.func)
 
 
-def test_serve_sia_command_serves_tiles(field):
+@contextlib.contextmanager
+def serve_sia(*args: str) -> Iterator[str]:
+    """``survey-deblend serve-sia ARGS --port 0`` in a subprocess; yields the SIA URL it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "survey_deblend", "serve-sia", "--tiles", str(field.std), "--port", "0"],
+        [sys.executable, "-m", "survey_deblend", "serve-sia", *args, "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -88,12 +92,45 @@ def test_serve_sia_command_serves_tiles(field):
             elif not line and proc.poll() is not None:
                 break
         assert url is not None, proc.stderr.read()
-        ra, dec = field.radec("round")
-        answer = requests.get(url, params={"POS": f"{ra[0]},{dec[0]}", "SIZE": "0.01"}, timeout=10)
-        assert answer.status_code == 200 and b"access_url" in answer.content
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_sia_command_serves_tiles(field):
+    with serve_sia("--tiles", str(field.std)) as url:
+        ra, dec = field.radec("round")
+        answer = requests.get(url, params={"POS": f"{ra[0]},{dec[0]}", "SIZE": "0.01"}, timeout=10)
+        assert answer.status_code == 200 and b"access_url" in answer.content
+
+
+def test_ordinary_server_on_every_address_has_no_admin_path(field):
+    with serve_sia("--tiles", str(field.std), "--host", "0.0.0.0") as url:
+        root = url.replace("0.0.0.0", "127.0.0.1").rsplit("/sia/", 1)[0]
+        assert requests.get(f"{root}/admin/faults?error_rate=1", timeout=10).status_code == 404
+        ra, dec = field.radec("round")
+        answer = requests.get(f"{root}/sia/des_sva1", params={"POS": f"{ra[0]},{dec[0]}", "SIZE": "0.01"},
+                              timeout=10)
+        assert answer.status_code == 200 and b"access_url" in answer.content
+
+
+def test_fault_injection_needs_explicit_options(field, capsys):
+    from survey_deblend.cli import main
+
+    assert main(["serve-sia", "--tiles", str(field.std), "--port", "0", "--error-rate", "0.2"]) == 2
+    assert "need --enable-fault-injection" in capsys.readouterr().err
+    assert main(["serve-sia", "--tiles", str(field.std), "--port", "0", "--host", "0.0.0.0",
+                 "--enable-fault-injection"]) == 2
+    err = capsys.readouterr().err
+    assert "not a loopback address" in err and len(err.strip().splitlines()) == 1
+    with serve_sia("--tiles", str(field.std), "--enable-fault-injection", "--error-rate", "1") as url:
+        root = url.rsplit("/sia/", 1)[0]
+        assert requests.get(url, params={"POS": "80,-50", "SIZE": "0.01"}, timeout=10).status_code == 200
+        cutout = requests.get(f"{root}/svc/cutout", params={"siaRef": "x", "POS": "80,-50", "SIZE": "0.01"},
+                              timeout=10)
+        assert cutout.status_code == 503  # every cutout fails, as asked
+        assert requests.get(f"{root}/admin/faults?error_rate=0", timeout=10).status_code == 200
 
 
 def test_serve_sia_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
