@@ -84,7 +84,8 @@ class TileChoice:
     the row); ``failure`` (N,) is empty, or the status of a failed tile listing (an SIA query) for the row;
     ``keys`` (N,) the locality key (the tile where the row lies deepest, ``no_coverage`` where none);
     ``zeropoints`` the frame's zeropoint per band (``reference_zeropoints`` over the whole plan, so every
-    partition of a run shares one frame).
+    partition of a run shares one frame); ``whole_image`` the ``ref`` of the images a remote source downloads
+    whole and cuts locally (dense ones), all others being cut remotely one stamp per request.
     """
 
     bands: tuple[str, ...]
@@ -93,6 +94,7 @@ class TileChoice:
     keys: np.ndarray
     zeropoints: tuple[float, ...]
     failure: np.ndarray = field(default=None)  # type: ignore[assignment]
+    whole_image: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.index = np.asarray(self.index, dtype=np.int32).reshape(-1, len(self.bands))
@@ -114,13 +116,18 @@ class TileChoice:
         used = np.unique(index[index >= 0])
         remap = np.full(len(self.tiles) + 1, -1, dtype=np.int32)
         remap[used] = np.arange(len(used), dtype=np.int32)
-        return TileChoice(self.bands, tuple(self.tiles[i] for i in used), remap[index], self.keys[rows],
-                          self.zeropoints, self.failure[rows])
+        tiles = tuple(self.tiles[i] for i in used)
+        return TileChoice(self.bands, tiles, remap[index], self.keys[rows], self.zeropoints, self.failure[rows],
+                          frozenset(t.ref for t in tiles) & self.whole_image)
 
     def galaxies_per_tile(self) -> dict[str, int]:
         """How many rows each tile-band image serves, by ``ref``."""
         counts = Counter(self.tiles[i].ref for i in self.index[self.index >= 0])
         return dict(sorted(counts.items()))
+
+    def modes(self) -> dict[str, str]:
+        """How each chosen image is read: ``whole_image`` (downloaded once, cut locally) or ``cutouts``."""
+        return {t.ref: "whole_image" if t.ref in self.whole_image else "cutouts" for t in self.tiles}
 
     def groups(self, b: int) -> list[tuple[TileRef, np.ndarray]]:
         """For band ``b``: each chosen tile with the rows it serves."""

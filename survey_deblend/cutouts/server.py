@@ -137,6 +137,7 @@ class SIAServer(ThreadingHTTPServer):
         self.long_bandpass = long_bandpass
         self.faults = FaultDraw(faults or Faults())
         self.request_counts: Counter[str] = Counter()
+        self.bytes_sent: Counter[str] = Counter()  # body bytes per endpoint, for the benchmarks
         self._count_lock = threading.Lock()
         super().__init__((host, port), _Handler)
 
@@ -156,9 +157,13 @@ class SIAServer(ThreadingHTTPServer):
             raise ConfigError("fault injection is not enabled on this server")
         self.faults = FaultDraw(faults)
 
-    def count(self, endpoint: str) -> None:
+    def count(self, endpoint: str, n_bytes: int | None = None) -> None:
+        """Count a request to ``endpoint`` (or, with ``n_bytes``, the body bytes sent for it)."""
         with self._count_lock:
-            self.request_counts[endpoint] += 1
+            if n_bytes is None:
+                self.request_counts[endpoint] += 1
+            else:
+                self.bytes_sent[endpoint] += n_bytes
 
     def votable(self, ra: float, dec: float, width: float, height: float) -> bytes:
         """The SIA answer for a box: three rows (image, dqmask, wtmap) per overlapping tile-band file."""
@@ -220,6 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.endpoint = "other"
         parts = urlsplit(self.path)
         params = parse_query(parts.query)
         try:
@@ -244,7 +250,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if truncate else body)
+        sent = body[: len(body) // 2] if truncate else body
+        self.wfile.write(sent)
+        self.server.count(getattr(self, "endpoint", "other"), len(sent))
 
     def _fault(self, is_query: bool) -> str | None:
         """Apply the delay and the error faults; returns the content fault left for the caller, if any."""
@@ -262,6 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         return kind
 
     def _sia(self, params: dict[str, str]) -> None:
+        self.endpoint = "sia"
         self.server.count("sia")
         if self._fault(is_query=True) == "sent":
             return
@@ -276,7 +285,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _cutout(self, params: dict[str, str]) -> None:
         whole = "POS" not in params and "SIZE" not in params
-        self.server.count("image" if whole else "cutout")
+        self.endpoint = "image" if whole else "cutout"
+        self.server.count(self.endpoint)
         kind = self._fault(is_query=False)
         if kind == "sent":
             return
@@ -327,6 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, repr(faults).encode(), "text/plain")
 
     def _file(self, name: str) -> None:
+        self.endpoint = "file"
         self.server.count("file")
         tile = self.server.by_name.get(name)
         if tile is None:

@@ -84,7 +84,7 @@ class SIASource(CutoutSource):
         self, base_url: str, bands: tuple[str, ...] = DES_BANDS, pixel_scale_arcsec: float | None = None,
         cutout_collection: str = "des_sva1", concurrency: int = 4, timeout_s: float = 30.0, retries: int = 4,
         backoff_s: float = 1.0, cache_dir: str | Path | None = None, use_cutout_service: bool = True,
-        cell_deg: float = CELL_DEG,
+        cell_deg: float = CELL_DEG, whole_image_threshold: int = ImagesConfig.whole_image_threshold,
     ) -> None:
         self.base_url = str(base_url)
         self.bands = tuple(bands)
@@ -93,6 +93,7 @@ class SIASource(CutoutSource):
         self.concurrency = int(concurrency)
         self.use_cutout_service = use_cutout_service
         self.cell_deg = float(cell_deg)
+        self.whole_image_threshold = int(whole_image_threshold)
         self.http = GuardedHTTP(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
                                 cache_dir=cache_dir)
         parts = urlsplit(base_url)
@@ -108,7 +109,7 @@ class SIASource(CutoutSource):
             url, bands=cfg.bands, pixel_scale_arcsec=cfg.pixel_scale_arcsec, cutout_collection=cfg.cutout_collection,
             concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
             cache_dir=cache_dir if cache_dir is not None else cfg.cache_dir,
-            use_cutout_service=cfg.use_cutout_service,
+            use_cutout_service=cfg.use_cutout_service, whole_image_threshold=cfg.whole_image_threshold,
         )
 
     def __repr__(self) -> str:
@@ -153,9 +154,11 @@ class SIASource(CutoutSource):
         return TileListing(st.OK, tile_records(fetched.body, url))
 
     def plan(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> TileChoice:
-        """Per row and band the image to cut from (one SIA query per sky cell, on the thread pool).
+        """Per row and band the image to cut from (one SIA query per sky cell, on the thread pool), and how.
 
-        Raises InputError naming the image when a chosen image has no ``magzero``.
+        An image serving at least ``whole_image_threshold`` rows (every image, without the cutout service) is
+        downloaded whole once and cut locally; the others are cut remotely, one request per stamp
+        (``TileChoice.modes``). Raises InputError naming the image when a chosen image has no ``magzero``.
         """
         ra = np.atleast_1d(np.asarray(ra, dtype=float))
         dec = np.atleast_1d(np.asarray(dec, dtype=float))
@@ -188,8 +191,11 @@ class SIASource(CutoutSource):
                         tiles[key] = len(records)
                         records.append(record)
                     index[rows[chosen == i], b] = tiles[key]
+        served = np.bincount(index[index >= 0], minlength=len(records))
+        dense = served >= self.whole_image_threshold if self.whole_image_threshold > 0 else served < 0
+        whole = frozenset(r.ref for r, d in zip(records, dense, strict=True) if d or not self.use_cutout_service)
         return TileChoice(self.bands, tuple(records), index, keys, reference_zeropoints(self.bands, records),
-                          failure)
+                          failure, whole)
 
     # -- one cutout ----------------------------------------------------------------------------------------
     def cutout_request(self, tile: TileRecord, ra: float, dec: float, n_pix: int) -> str:
@@ -320,9 +326,24 @@ class SIASource(CutoutSource):
         failed = choice.failure != ""
         band_status[failed, :] = choice.failure[failed, None]
         jobs = [(b, tile, rows) for b in range(len(self.bands)) for tile, rows in choice.groups(b)]
-        tasks = [(b, tile, rows[k : k + 1]) for b, tile, rows in jobs for k in range(len(rows))]
+        # a whole image is one task for all its rows; a remote cutout is one task per row
+        tasks = [(b, tile, rows[k : k + 1] if tile.ref not in choice.whole_image else rows)
+                 for b, tile, rows in jobs for k in range(len(rows) if tile.ref not in choice.whole_image else 1)]
+
+        def run(task: tuple) -> tuple[np.ndarray, list]:
+            _, tile, rows = task
+            if tile.ref not in choice.whole_image:
+                return self._safe(tile, ra[rows], dec[rows], size_pix)
+            try:
+                stamps, statuses = self.cut_from_image(tile, ra[rows], dec[rows], size_pix)
+            except Exception as exc:  # as in _safe: an odd answer becomes a status, never a crash
+                warnings.warn(f"whole image {tile.ref} failed: {exc!r}", RuntimeWarning, stacklevel=2)
+                stamps = np.zeros((len(rows), size_pix, size_pix), dtype=np.float32)
+                statuses = [st.ERROR_BAD_FITS] * len(rows)
+            return stamps, list(statuses)
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results = list(pool.map(lambda t: self._safe(t[1], ra[t[2]], dec[t[2]], size_pix), tasks))
+            results = list(pool.map(run, tasks))
         for (b, tile, rows), (stamps, statuses) in zip(tasks, results, strict=True):
             batch.images[rows, b] = stamps * zeropoint_factor(tile.zeropoint, frame.zeropoints[b])
             band_status[rows, b] = statuses

@@ -68,6 +68,8 @@ def test_images_config_rejects_bad_manners():
         from_mapping(ImagesConfig, {"concurrency": 0}, "images")
     with pytest.raises(ConfigError, match="timeout_s"):
         from_mapping(ImagesConfig, {"timeout_s": -1.0}, "images")
+    with pytest.raises(ConfigError, match="whole_image_threshold"):
+        from_mapping(ImagesConfig, {"whole_image_threshold": -1}, "images")
 
 
 def test_serve_sia_is_registered():

@@ -17,11 +17,11 @@ from survey_deblend.cutouts.choice import zeropoint_factor
 from survey_deblend.cutouts.server import running_server
 from survey_deblend.cutouts.sia import SIASource
 from survey_deblend.cutouts.sia_answer import band_of, des_tile_fov_deg, tile_records
-from survey_deblend.cutouts.synthetic import Blob, write_field
+from survey_deblend.cutouts.synthetic import Blob, tile_wcs, write_field
 from survey_deblend.cutouts.tiles import TileSource
 from survey_deblend.errors import InputError
 
-from .conftest import BANDS
+from .conftest import BANDS, CENTRE, TILE
 
 S = 45
 ALL = ("elongated", "round", "edge", "overlap_tile0", "overlap_tile1", "outside")
@@ -197,3 +197,26 @@ def test_tile_without_magzero_is_a_one_line_error_naming_it(field, tmp_path):
     with running_server(tmp_path) as url:
         with pytest.raises(InputError, match=r"DES0003-5000_r0001p01_g\.fits: no magzero"):
             quick(url, bands=("g",)).fetch(ra, dec, S)
+
+
+def test_dense_images_are_downloaded_whole_and_sparse_ones_cut_remotely(datalab_field, field, tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(120, 380, 24), rng.uniform(30, 370, 24)  # tile 0 only (tile 1 ends at x = 99)
+    ra0, dec0 = tile_wcs(*CENTRE, (TILE, TILE)).all_pix2world(x, y, 0)
+    ra_r, dec_r = field.radec("round")  # tile 1 only
+    ra, dec = np.concatenate([ra0, ra_r]), np.concatenate([dec0, dec_r])
+    expected = TileSource(field.std, bands=BANDS).fetch(ra, dec, S)
+    with running_server(datalab_field) as url:
+        source = quick(url, whole_image_threshold=10, cache_dir=tmp_path)
+        choice = source.plan(ra, dec, S)
+        modes = choice.modes()
+        assert {m for ref, m in modes.items() if ref.startswith("DES0000")} == {"whole_image"}
+        assert {m for ref, m in modes.items() if ref.startswith("DES0001")} == {"cutouts"}
+        batch = source.fetch(ra, dec, S, choice=choice)
+        counts = dict(url.server.request_counts)
+        assert counts["image"] == 5 and counts["cutout"] == 4  # 5 bands of tile 0 once; 4 bands of "round"
+        assert url.server.bytes_sent["image"] > 0
+        source.fetch(ra, dec, S, choice=choice)  # again: every image and cutout comes from the cache
+        assert dict(url.server.request_counts) == counts
+    np.testing.assert_array_equal(batch.images, expected.images)
+    np.testing.assert_array_equal(batch.status, expected.status)
