@@ -197,7 +197,6 @@ class SIAServer(ThreadingHTTPServer):
         try:
             pixels = np.array(data[y0:y1, x0:x1])
             original = hdul[extn].header
-            compressed = isinstance(hdul[extn], fits.CompImageHDU)
         finally:
             hdul.close()
         header = tile.wcs[y0:y1, x0:x1].to_header()
@@ -205,11 +204,7 @@ class SIAServer(ThreadingHTTPServer):
             if key in original:
                 header[key] = original[key]
         out = io.BytesIO()
-        if ra is None and compressed:  # a whole compressed image travels compressed (losslessly)
-            fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(pixels, header=header, quantize_level=0.0,
-                                                               compression_type="GZIP_2")]).writeto(out)
-        else:
-            fits.PrimaryHDU(pixels, header=header).writeto(out)
+        fits.PrimaryHDU(pixels, header=header).writeto(out)
         return out.getvalue()
 
 

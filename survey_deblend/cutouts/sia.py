@@ -61,6 +61,11 @@ class TileListing:
         return self.status == st.OK
 
 
+def warn(message: str) -> None:
+    """A RuntimeWarning about an answer no status foresaw (called from the fetch threads)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 def read_fits_image(body: bytes) -> tuple[np.ndarray, WCS]:
     """The first 2-D image of a FITS body and its celestial WCS; ValueError when it is not that."""
     if len(body) == 0 or len(body) % 2880 != 0:
@@ -264,8 +269,7 @@ class SIASource(CutoutSource):
             try:
                 stamps[k], status = self.cutout(tile, float(r), float(d), size_pix)
             except Exception as exc:  # one odd answer must not crash a partition of thousands of rows
-                warnings.warn(f"cutout of {tile.ref} at ({r:.6f}, {d:.6f}) failed: {exc!r}", RuntimeWarning,
-                              stacklevel=2)
+                warn(f"cutout of {tile.ref} at ({r:.6f}, {d:.6f}) failed: {exc!r}")
                 status = st.ERROR_BAD_FITS
             statuses.append(status)
         return stamps, statuses
@@ -337,7 +341,7 @@ class SIASource(CutoutSource):
             try:
                 stamps, statuses = self.cut_from_image(tile, ra[rows], dec[rows], size_pix)
             except Exception as exc:  # as in _safe: an odd answer becomes a status, never a crash
-                warnings.warn(f"whole image {tile.ref} failed: {exc!r}", RuntimeWarning, stacklevel=2)
+                warn(f"whole image {tile.ref} failed: {exc!r}")
                 stamps = np.zeros((len(rows), size_pix, size_pix), dtype=np.float32)
                 statuses = [st.ERROR_BAD_FITS] * len(rows)
             return stamps, list(statuses)

@@ -209,9 +209,12 @@ def test_unforeseen_failure_in_one_cutout_is_a_row_status(field, monkeypatch):
         return real(self, tile, ra, dec, size_pix)
 
     monkeypatch.setattr(SIASource, "cutout", odd_answer)
+    # warnings raised in threads race with catch_warnings elsewhere (astropy's, the server's): record the calls
+    warned: list[str] = []
+    monkeypatch.setattr("survey_deblend.cutouts.sia.warn", warned.append)
     with running_server(field.std) as url:
-        with pytest.warns(RuntimeWarning, match="singular CD matrix"):
-            batch = quick(url, bands=("g", "r")).fetch(*field.radec("elongated", "round"), S)
+        batch = quick(url, bands=("g", "r")).fetch(*field.radec("elongated", "round"), S)
+    assert len(warned) == 2 and all("singular CD matrix" in w for w in warned)
     assert list(batch.status) == [st.OK] * 2  # r is masked, g still serves the galaxy
     assert list(batch.failed_bands) == ["r:error_bad_fits"] * 2
     assert batch.band_mask[:, 0].all() and not batch.band_mask[:, 1].any()
