@@ -162,7 +162,8 @@ def dense_line(args: argparse.Namespace) -> dict:
 
 def band_faults_line(args: argparse.Namespace) -> dict:
     """Usable rows under issue 14's bad night (5 % NaN, 5 % truncated, 5 % HTML, 20 % HTTP 503 per request),
-    with the default retries: every usable row is predicted, so this is ``predicted_frac_band_faults``."""
+    with the configured retries (``--faults-retries``): every usable row is predicted, so this is
+    ``predicted_frac_band_faults``."""
     from survey_deblend.cutouts.server import Faults
 
     n_gal = 100 if args.quick else 250
@@ -171,7 +172,8 @@ def band_faults_line(args: argparse.Namespace) -> dict:
         tiles_dir = Path(tmp) / "tiles"
         ra, dec = make_field(tiles_dir, 2, 600, n_gal, args.seed)
         with running_server(tiles_dir, faults=faults) as url:
-            source = SIASource(url, bands=BANDS, concurrency=4, timeout_s=30, backoff_s=0.01)  # default retries
+            retries = {} if args.faults_retries is None else {"retries": args.faults_retries}
+            source = SIASource(url, bands=BANDS, concurrency=4, timeout_s=30, backoff_s=0.01, **retries)
             batch = source.fetch(ra, dec, STAMP)
     usable = batch.usable
     return {
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--density-factor", type=float, default=1.0, help="galaxy density in units of SVA1's")
     parser.add_argument("--dense-only", action="store_true", help="only the dense SIA comparison")
     parser.add_argument("--faults-only", action="store_true", help="only the band-faults figure")
+    parser.add_argument("--faults-retries", type=int, default=None, help="retries in the band-faults figure "
+                        "(default: the configuration's)")
     args = parser.parse_args(argv)
     if args.dense_only or args.faults_only:
         print(json.dumps(dense_line(args) if args.dense_only else band_faults_line(args)))

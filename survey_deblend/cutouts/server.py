@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import random
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -156,6 +157,12 @@ class SIAServer(ThreadingHTTPServer):
         if not self.fault_injection:
             raise ConfigError("fault injection is not enabled on this server")
         self.faults = FaultDraw(faults)
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """Stay quiet when a client hangs up (a timeout or a finished benchmark); report anything else."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def count(self, endpoint: str, n_bytes: int | None = None) -> None:
         """Count a request to ``endpoint`` (or, with ``n_bytes``, the body bytes sent for it)."""

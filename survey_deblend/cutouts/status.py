@@ -29,7 +29,7 @@ SEVERITY = (ERROR_OFF_HOST, ERROR_CONNECTION, ERROR_HTTP, ERROR_TIMEOUT, ERROR_B
 # Bands whose failure the model does not survive. Measured on a DES-like field (191 galaxies, i SNR > 15, the
 # shipped checkpoint): masking i moves the shapes by 0.16 rms and raises their error against the truth from
 # 0.139 to 0.205 while the predicted sigma *shrinks* (0.037 -> 0.031); masking g, r, z or Y moves them by
-# 0.05 and costs at most 0.013, with a wider sigma. See docs/performance.md, "One bad band".
+# 0.05 and costs at most 0.013, the sigma staying 0.036-0.043 (benchmarks/band_dropout.py; docs/performance.md).
 REQUIRED_BANDS = ("i",)
 
 
