@@ -11,13 +11,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve-sia",
         help="serve coadd tiles like the Astro Data Lab (SIA query + /svc/cutout), for offline runs and the demo",
         description="Serve a directory of coadd tiles (TILE_rNNNNpNN_BAND.fits[.fz]) the way the Astro Data Lab "
-        "does: an SIA query endpoint answering a VOTable and the /svc/cutout endpoint returning FITS. "
-        "Optional fault injection tests clients against a real socket.",
+        "does: an SIA query endpoint answering a VOTable in the Data Lab's schema and the /svc/cutout endpoint "
+        "returning FITS. Fault injection (and its /admin/faults endpoint) exists only with "
+        "--enable-fault-injection, for testing clients against a real socket; on an address other than "
+        "loopback it also needs --allow-remote-fault-injection.",
     )
     parser.add_argument("--tiles", required=True, help="directory of tile FITS files")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--collection", default="des_sva1", help="collection name in the SIA path /sia/NAME")
+    parser.add_argument("--enable-fault-injection", action="store_true",
+                        help="testing only: inject the faults below and serve /admin/faults to change them")
+    parser.add_argument("--allow-remote-fault-injection", action="store_true",
+                        help="allow fault injection on an address other than loopback (a second explicit opt-in)")
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of cutouts answered HTTP 503")
     parser.add_argument("--html-error-rate", type=float, default=0.0, help="fraction answered with an HTML page")
     parser.add_argument("--truncate-rate", type=float, default=0.0, help="fraction with a truncated body")
@@ -41,13 +47,20 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if faults != Faults(seed=args.seed) and not args.enable_fault_injection:
+        raise ConfigError("fault options need --enable-fault-injection (a server started for testing)")
     try:
-        context = running_server(args.tiles, host=args.host, port=args.port, faults=faults,
-                                 collection=args.collection)
+        context = running_server(args.tiles, host=args.host, port=args.port,
+                                 faults=faults if args.enable_fault_injection else None, collection=args.collection,
+                                 fault_injection=args.enable_fault_injection,
+                                 allow_remote_faults=args.allow_remote_fault_injection)
         with context as url:
             print(f"serving {len(url.server.tiles)} tile files from {args.tiles}", flush=True)
             print(f"SIA: {url}", flush=True)
             print(f"cutouts: {url.server.root_url}/svc/cutout   (Ctrl-C to stop)", flush=True)
+            if args.enable_fault_injection:
+                print(f"fault injection ON (testing): {faults}; change it at {url.server.root_url}/admin/faults",
+                      flush=True)
             threading.Event().wait()
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None

@@ -27,6 +27,9 @@ class ImagesConfig:
     pixel_scale_arcsec: float | None = None
     # SIA: cut through the service's /svc/cutout endpoint; False downloads whole tiles via access_url (cached).
     use_cutout_service: bool = True
+    # SIA: an image serving at least this many galaxies of the run is downloaded whole once (cached) and cut
+    # locally instead of one cutout request per galaxy; 0: never (always cutouts).
+    whole_image_threshold: int = 500
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -39,5 +42,7 @@ class ImagesConfig:
             raise ValueError("images.backoff_s must be 0 or more")
         if not self.bands:
             raise ValueError("images.bands must name at least one band")
+        if self.whole_image_threshold < 0:
+            raise ValueError("images.whole_image_threshold must be 0 (never) or more")
         if self.pixel_scale_arcsec is not None and self.pixel_scale_arcsec <= 0:
             raise ValueError("images.pixel_scale_arcsec must be positive")

@@ -2,6 +2,10 @@
 
 ``open_source(spec, cfg)`` picks the implementation: ``tiles:DIR`` (``TileSource``), ``sia:URL`` or ``datalab``
 (``SIASource``). Every source returns a ``CutoutBatch`` with a status per row (``survey_deblend.cutouts.status``).
+
+The tile choice is made once, by the planner: ``choice = source.plan(ra, dec, size_pix)`` gives per row and
+band the image to read (``TileChoice``: ``keys`` to partition by, ``take(rows)`` for one partition, ``modes()``
+for how each image is read); ``source.fetch(ra, dec, size_pix, choice=choice.take(rows))`` only reads.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from pathlib import Path
 from survey_deblend.config.images import ImagesConfig
 from survey_deblend.cutouts import status
 from survey_deblend.cutouts.base import CutoutBatch, CutoutSource
+from survey_deblend.cutouts.choice import TileChoice
 from survey_deblend.errors import ConfigError
 
-__all__ = ["CutoutBatch", "CutoutSource", "open_source", "status"]
+__all__ = ["CutoutBatch", "CutoutSource", "TileChoice", "open_source", "status"]
 
 
 def open_source(spec: str | None, cfg: ImagesConfig | None = None, cache_dir: str | Path | None = None) -> CutoutSource:

@@ -21,12 +21,14 @@ STATUS_WIDTH = 24  # characters of the status array's dtype
 @dataclass
 class CutoutBatch:
     """Stamps for N rows: ``images`` (N, B, S, S) float32, ``band_mask`` (N, B) bool, ``status`` (N,) str,
-    and the photometric ``frame`` of their pixels (survey, bands, pixel scale, zeropoints)."""
+    the photometric ``frame`` of their pixels (survey, bands, pixel scale, zeropoints), and ``failed_bands``
+    (N,) str: the bands whose fetch failed and why (``"r:error_http Y:error_nan"``; empty when none did)."""
 
     images: np.ndarray
     band_mask: np.ndarray
     status: np.ndarray
     frame: PhotometricFrame
+    failed_bands: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # wide enough for every status, so that assigning a longer one later never truncates it
@@ -37,6 +39,12 @@ class CutoutBatch:
             raise ValueError(f"images shape {self.images.shape} does not match {n} rows x {len(self.bands)} bands")
         if self.band_mask.shape != (n, len(self.bands)):
             raise ValueError(f"band_mask shape {self.band_mask.shape} does not match images {self.images.shape}")
+        width = 2 * len(self.bands) * STATUS_WIDTH
+        if self.failed_bands is None:
+            self.failed_bands = np.full(n, "", dtype=f"<U{width}")
+        self.failed_bands = np.asarray(self.failed_bands, dtype=f"<U{width}").reshape(-1)
+        if len(self.failed_bands) != n:
+            raise ValueError(f"failed_bands of {len(self.failed_bands)} rows for {n} rows")
 
     def __len__(self) -> int:
         return len(self.status)
@@ -77,9 +85,10 @@ class CutoutBatch:
         return dict(sorted(Counter(str(s) for s in self.status).items()))
 
     def settle(self, band_status: np.ndarray) -> None:
-        """Set the band mask and each row's status from the per-band statuses ``(N, B)`` of a fetch."""
+        """Set the band mask, each row's status and its failed bands from the per-band statuses ``(N, B)``."""
         self.band_mask[:] = np.isin(band_status, list(st.USABLE))
-        self.status[:] = [st.combine_band_statuses(list(row)) for row in band_status]
+        self.status[:] = [st.combine_band_statuses(list(row), self.bands) for row in band_status]
+        self.failed_bands[:] = [st.failed_bands(self.bands, list(row)) for row in band_status]
 
     @classmethod
     def empty(cls, n: int, frame: PhotometricFrame, size_pix: int, status: str = st.NO_COVERAGE) -> CutoutBatch:

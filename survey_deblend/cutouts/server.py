@@ -1,16 +1,20 @@
-"""A local SIA service over a tile directory, shaped like the Astro Data Lab, with optional fault injection.
+"""A local SIA service over a tile directory, shaped like the Astro Data Lab, with fault injection for tests.
 
-Endpoints: ``/sia/<collection>?POS=ra,dec&SIZE=w[,h]`` answers a VOTable with the Data Lab's columns for every
-tile-band overlapping the box; ``/svc/cutout?col=...&siaRef=<file>&extn=1&POS=ra,dec&SIZE=w,h`` (degrees)
-returns a FITS cutout with its WCS, trimmed at the tile edge; ``/files/<file>`` returns a whole tile (the
-``access_url``); ``/admin/faults?error_rate=...`` changes the injected faults. It serves air-gapped sites,
-the demo and the tests, which talk to it through a real socket.
+Endpoints: ``/sia/<collection>?POS=ra,dec&SIZE=w[,h]`` answers a VOTable in the Data Lab's schema
+(``datalab_schema``: three rows per image, cutout ``access_url`` with ``extn``, string columns, masked
+``s_fov``); ``/svc/cutout?col=...&siaRef=<file>&extn=N&POS=ra,dec&SIZE=w,h`` (degrees) returns a FITS cutout of
+extension N with its WCS, trimmed at the image edge, and without ``POS``/``SIZE`` the whole image of extension
+N; ``/files/<file>`` returns a whole file. Fault injection and ``/admin/faults`` exist only on a server started
+for testing (``fault_injection=True``), and on an address other than loopback only with
+``allow_remote_faults=True`` as well. It serves air-gapped sites, the demo and the tests, which talk to it
+through a real socket.
 """
 
 from __future__ import annotations
 
 import io
 import random
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -22,12 +26,11 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from astropy.io import fits
-from astropy.io.votable.tree import Info
-from astropy.io.votable.tree import VOTableFile as _VOTableFile
-from astropy.table import Table
 
+from survey_deblend.cutouts.datalab_schema import ServedImage, answer
 from survey_deblend.cutouts.geometry import tangent_offsets_deg
 from survey_deblend.cutouts.tiles import TileInfo, index_tiles, open_science
+from survey_deblend.errors import ConfigError, InputError
 
 
 @dataclass
@@ -102,19 +105,40 @@ def _floats(text: str, n_min: int, name: str) -> list[float]:
     return values
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or name (only this machine can reach it)."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
 class SIAServer(ThreadingHTTPServer):
-    """The HTTP server: holds the tile index, the faults and a count of requests per endpoint."""
+    """The HTTP server: holds the tile index, the faults (when enabled) and a count of requests per endpoint."""
 
     daemon_threads = True
     block_on_close = False
 
     def __init__(self, tiles_dir: str | Path, host: str = "127.0.0.1", port: int = 0,
-                 faults: Faults | None = None, collection: str = "des_sva1") -> None:
+                 faults: Faults | None = None, collection: str = "des_sva1", fault_injection: bool = False,
+                 allow_remote_faults: bool = False, long_bandpass: bool = True) -> None:
+        if faults is not None and not fault_injection:
+            raise ConfigError("fault settings need a server started for testing (fault injection enabled)")
+        if fault_injection and not allow_remote_faults and not is_loopback(host):
+            raise ConfigError(f"fault injection on {host}, which is not a loopback address, needs a second "
+                              "explicit option (allow remote fault injection)")
         self.tiles = index_tiles(tiles_dir)
+        self.images = [ServedImage.of(t) for t in self.tiles]
         self.by_name = {t.path.name: t for t in self.tiles}
         self.collection = collection
+        self.fault_injection = fault_injection
+        self.long_bandpass = long_bandpass
         self.faults = FaultDraw(faults or Faults())
         self.request_counts: Counter[str] = Counter()
+        self.bytes_sent: Counter[str] = Counter()  # body bytes per endpoint, for the benchmarks
         self._count_lock = threading.Lock()
         super().__init__((host, port), _Handler)
 
@@ -129,61 +153,61 @@ class SIAServer(ThreadingHTTPServer):
         return f"{self.root_url}/sia/{self.collection}"
 
     def set_faults(self, faults: Faults) -> None:
-        """Replace the fault settings (and restart their RNG)."""
+        """Replace the fault settings (and restart their RNG); only on a server started for testing."""
+        if not self.fault_injection:
+            raise ConfigError("fault injection is not enabled on this server")
         self.faults = FaultDraw(faults)
 
-    def count(self, endpoint: str) -> None:
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """Stay quiet when a client hangs up (a timeout or a finished benchmark); report anything else."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+    def count(self, endpoint: str, n_bytes: int | None = None) -> None:
+        """Count a request to ``endpoint`` (or, with ``n_bytes``, the body bytes sent for it)."""
         with self._count_lock:
-            self.request_counts[endpoint] += 1
+            if n_bytes is None:
+                self.request_counts[endpoint] += 1
+            else:
+                self.bytes_sent[endpoint] += n_bytes
 
     def votable(self, ra: float, dec: float, width: float, height: float) -> bytes:
-        """The SIA answer for a box: one image row (and one weight-map row) per overlapping tile-band."""
-        rows = []
-        for tile in self.tiles:
-            tra, tdec = tile.centre
+        """The SIA answer for a box: three rows (image, dqmask, wtmap) per overlapping tile-band file."""
+        hits = []
+        for image in self.images:
+            tra, tdec = image.tile.centre
             xi, eta = tangent_offsets_deg(np.array([tra]), np.array([tdec]), ra, dec)
-            fov = tile.fov_deg
+            fov = image.tile.fov_deg
             if abs(xi[0]) < (fov + width) / 2 and abs(eta[0]) < (fov + height) / 2:
-                header = fits.Header.fromstring(tile.header)
-                for prodtype in ("image", "wtmap"):
-                    rows.append({
-                        "access_url": f"{self.root_url}/files/{tile.path.name}", "access_format": "image/fits",
-                        "obs_bandpass": tile.band, "prodtype": prodtype, "proctype": "Stack",
-                        "exptime": float(header.get("EXPTIME", 0.0)), "magzero": float(header.get("MAGZERO", 30.0)),
-                        "s_ra": tra, "s_dec": tdec, "s_fov": fov,
-                    })
-        names = ["access_url", "access_format", "obs_bandpass", "prodtype", "proctype", "exptime", "magzero",
-                 "s_ra", "s_dec", "s_fov"]
-        dtypes = [str] * 5 + [float] * 5
-        table = Table(rows=[[r[n] for n in names] for r in rows] or None, names=names, dtype=dtypes)
-        votable = _VOTableFile.from_table(table)
-        resource = votable.resources[0]
-        resource.type = "results"
-        resource.infos.append(Info(name="QUERY_STATUS", value="OK"))
-        out = io.BytesIO()
-        votable.to_xml(out)
-        return out.getvalue()
+                hits.append(image)
+        return answer(hits, self.root_url, self.collection, (ra, dec), (width, height), self.long_bandpass)
 
-    def cutout(self, tile: TileInfo, ra: float, dec: float, width: float, height: float, shrink: bool) -> bytes:
-        """A FITS cutout (primary HDU) around (ra, dec), trimmed to the tile, with the matching WCS."""
-        scale = float(np.sqrt(abs(np.linalg.det(tile.wcs.pixel_scale_matrix))))
-        nx, ny = max(int(round(width / scale)), 1), max(int(round(height / scale)), 1)
-        if shrink:
-            nx, ny = max(nx // 2, 1), max(ny // 2, 1)
-        x, y = tile.wcs.all_world2pix(ra, dec, 0)
-        x_lo, y_lo = int(np.floor(x + 0.5)) - nx // 2, int(np.floor(y + 0.5)) - ny // 2
-        x0, x1 = max(x_lo, 0), min(x_lo + nx, tile.shape[1])
-        y0, y1 = max(y_lo, 0), min(y_lo + ny, tile.shape[0])
-        if x1 <= x0 or y1 <= y0:
-            raise LookupError("position outside the image")
-        hdul, data = open_science(tile)
+    def cutout(self, tile: TileInfo, extn: int, ra: float | None, dec: float | None, width: float,
+               height: float, shrink: bool) -> bytes:
+        """A FITS cutout (primary HDU) of extension ``extn`` around (ra, dec), trimmed to the image, with the
+        matching WCS; the whole image of that extension when ``ra`` is None."""
+        if ra is None:
+            x0, x1, y0, y1 = 0, tile.shape[1], 0, tile.shape[0]
+        else:
+            scale = float(np.sqrt(abs(np.linalg.det(tile.wcs.pixel_scale_matrix))))
+            nx, ny = max(int(round(width / scale)), 1), max(int(round(height / scale)), 1)
+            if shrink:
+                nx, ny = max(nx // 2, 1), max(ny // 2, 1)
+            x, y = tile.wcs.all_world2pix(ra, dec, 0)
+            x_lo, y_lo = int(np.floor(x + 0.5)) - nx // 2, int(np.floor(y + 0.5)) - ny // 2
+            x0, x1 = max(x_lo, 0), min(x_lo + nx, tile.shape[1])
+            y0, y1 = max(y_lo, 0), min(y_lo + ny, tile.shape[0])
+            if x1 <= x0 or y1 <= y0:
+                raise LookupError("position outside the image")
+        hdul, data, _ = open_science(tile.path, extn)
         try:
-            pixels = np.array(data[y0:y1, x0:x1], dtype=np.float32)
+            pixels = np.array(data[y0:y1, x0:x1])
+            original = hdul[extn].header
         finally:
             hdul.close()
         header = tile.wcs[y0:y1, x0:x1].to_header()
-        original = fits.Header.fromstring(tile.header)
-        for key in ("MAGZERO", "EXPTIME", "BAND", "TILENAME"):
+        for key in ("MAGZERO", "EXPTIME", "BAND", "TILENAME", "EXTNAME"):
             if key in original:
                 header[key] = original[key]
         out = io.BytesIO()
@@ -203,6 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.endpoint = "other"
         parts = urlsplit(self.path)
         params = parse_query(parts.query)
         try:
@@ -210,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._sia(params)
             elif parts.path == "/svc/cutout":
                 self._cutout(params)
-            elif parts.path == "/admin/faults":
+            elif parts.path == "/admin/faults" and self.server.fault_injection:
                 self._set_faults(params)
             elif parts.path.startswith("/files/"):
                 self._file(unquote(parts.path[len("/files/"):]))
@@ -227,10 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if truncate else body)
+        sent = body[: len(body) // 2] if truncate else body
+        self.wfile.write(sent)
+        self.server.count(getattr(self, "endpoint", "other"), len(sent))
 
     def _fault(self, is_query: bool) -> str | None:
         """Apply the delay and the error faults; returns the content fault left for the caller, if any."""
+        if not self.server.fault_injection:
+            return None
         kind, delay = self.server.faults.draw(is_query)
         if delay:
             threading.Event().wait(delay)
@@ -243,6 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
         return kind
 
     def _sia(self, params: dict[str, str]) -> None:
+        self.endpoint = "sia"
         self.server.count("sia")
         if self._fault(is_query=True) == "sent":
             return
@@ -256,7 +286,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self.server.votable(ra, dec, width, height), "application/x-votable+xml")
 
     def _cutout(self, params: dict[str, str]) -> None:
-        self.server.count("cutout")
+        whole = "POS" not in params and "SIZE" not in params
+        self.endpoint = "image" if whole else "cutout"
+        self.server.count(self.endpoint)
         kind = self._fault(is_query=False)
         if kind == "sent":
             return
@@ -265,16 +297,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, f"no such image: {params.get('SIAREF', '')}".encode(), "text/plain")
             return
         try:
-            ra, dec = _floats(params.get("POS", ""), 2, "POS")[:2]
-            size = _floats(params.get("SIZE", ""), 1, "SIZE")
-            body = self.server.cutout(tile, ra, dec, size[0], size[1] if len(size) > 1 else size[0],
-                                      shrink=kind == "wrong_size")
-        except (ValueError, LookupError) as exc:
+            extn = int(params.get("EXTN", "1"))
+            if whole:
+                body = self.server.cutout(tile, extn, None, None, 0.0, 0.0, shrink=False)
+            else:
+                ra, dec = _floats(params.get("POS", ""), 2, "POS")[:2]
+                size = _floats(params.get("SIZE", ""), 1, "SIZE")
+                body = self.server.cutout(tile, extn, ra, dec, size[0], size[1] if len(size) > 1 else size[0],
+                                          shrink=kind == "wrong_size")
+        except (ValueError, LookupError, IndexError, InputError) as exc:
             self._send(400, f"bad cutout request: {exc}".encode(), "text/plain")
             return
         if kind == "nan":
             with fits.open(io.BytesIO(body)) as hdul:
-                hdul[0].data[hdul[0].data.shape[0] // 2, :] = np.nan
+                image = next(h for h in hdul if h.data is not None)
+                data = image.data.astype(np.float32)
+                data[data.shape[0] // 2, :] = np.nan
+                image.data = data
                 out = io.BytesIO()
                 hdul.writeto(out)
                 body = out.getvalue()
@@ -300,6 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, repr(faults).encode(), "text/plain")
 
     def _file(self, name: str) -> None:
+        self.endpoint = "file"
         self.server.count("file")
         tile = self.server.by_name.get(name)
         if tile is None:
@@ -320,10 +360,17 @@ class ServerURL(str):
 @contextmanager
 def running_server(
     tiles_dir: str | Path, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None,
-    collection: str = "des_sva1",
+    collection: str = "des_sva1", fault_injection: bool | None = None, allow_remote_faults: bool = False,
+    long_bandpass: bool = True,
 ) -> Iterator[ServerURL]:
-    """Serve ``tiles_dir`` on a background thread; yields the SIA base URL; shuts down on exit."""
-    server = SIAServer(tiles_dir, host=host, port=port, faults=faults, collection=collection)
+    """Serve ``tiles_dir`` on a background thread; yields the SIA base URL; shuts down on exit.
+
+    ``fault_injection`` None enables it exactly when ``faults`` are given (a test asking for faults).
+    """
+    enabled = faults is not None if fault_injection is None else fault_injection
+    server = SIAServer(tiles_dir, host=host, port=port, faults=faults, collection=collection,
+                       fault_injection=enabled, allow_remote_faults=allow_remote_faults,
+                       long_bandpass=long_bandpass)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -1,10 +1,13 @@
 """Stamps from a Simple Image Access service (the NOIRLab Astro Data Lab, or the local server) through pyvo.
 
-Per sky cell one SIA query (pyvo builds it and parses the VOTable) lists the coadd tiles; each row takes, per
-band, the Stack image where it lies deepest inside the tile, and its stamp comes from the service's cutout
-endpoint (``/svc/cutout?col=...&siaRef=...&extn=1&POS=ra,dec&SIZE=w,h``), or from the whole tile via
-``access_url`` when there is no cutout endpoint. Requests run on a small thread pool, only to the configured
-host, with retries and an on-disk cache; every failure ends as a row status (``cutouts.status``).
+``plan`` runs one SIA query per sky cell (pyvo builds it and parses the VOTable, ``sia_answer`` reads the Data
+Lab's schema) and chooses, per row and band, the Stack image where the row lies deepest (``choice.best_tiles``,
+shared with ``TileSource``); the choice travels with the rows, so a worker never queries or chooses again.
+``fetch`` then gets each stamp from the image's cutout URL (the ``access_url`` with this row's ``POS`` and
+``SIZE``, keeping its ``col``, ``siaRef`` and ``extn``), or cuts it locally from the whole image (downloaded
+once, cached) when the service has no cutout endpoint or ``use_cutout_service`` is off. Requests run on a small
+thread pool, only to the configured host, with retries and an on-disk cache; every failure ends as a band
+status (``cutouts.status``), never an exception.
 """
 
 from __future__ import annotations
@@ -15,46 +18,52 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import numpy as np
 import requests
 from astropy.io import fits
-from astropy.io.votable import parse as parse_votable
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 
 from survey_deblend.config.images import ImagesConfig
 from survey_deblend.cutouts import status as st
 from survey_deblend.cutouts.base import CutoutBatch, CutoutSource
+from survey_deblend.cutouts.choice import NO_TILE, TileChoice, best_tiles, reference_zeropoints, zeropoint_factor
 from survey_deblend.cutouts.geometry import cut_stamps, tangent_offsets_deg
 from survey_deblend.cutouts.http import GuardedHTTP, write_atomic
-from survey_deblend.surveys import DES_COADD_ZEROPOINT, PhotometricFrame
+from survey_deblend.cutouts.sia_answer import TileRecord, query_params, tile_records
+from survey_deblend.cutouts.tiles import cut_from_file
+from survey_deblend.errors import InputError
+from survey_deblend.surveys import DES_BANDS, PhotometricFrame, pixel_scale
 
-CELL_DEG = 0.5  # side of the sky cells that key SIA partitions (one SIA query per cell and partition)
+CELL_DEG = 0.5  # side of the sky cells of the SIA queries (one query per cell)
 MARGIN_PIX = 3  # extra pixels around each cutout so that rounding and resampling never run short
-DES_TILE_FOV_DEG = 10000 * 0.2637 / 3600  # a DES coadd tile, when the service gives no s_fov
 SIZE_SLACK_PIX = 2  # a cutout may differ from the size asked by this much before it counts as the wrong size
 
 
 def des_pixel_scale_arcsec() -> float:
-    """The DES coadd pixel scale, from surveycodex."""
-    import surveycodex
-
-    return float(surveycodex.get_survey("DES").pixel_scale.to_value("arcsec"))
+    """The DES coadd pixel scale, from surveycodex (``surveys.pixel_scale``)."""
+    return pixel_scale("DES")
 
 
-@dataclass(frozen=True)
-class TileRecord:
-    """One Stack image listed by the SIA service."""
+@dataclass
+class TileListing:
+    """What one SIA query listed: the images, or the failure status (and detail) when it failed."""
 
-    access_url: str
-    sia_ref: str
-    band: str
-    ra: float
-    dec: float
-    fov_deg: float
+    status: str = st.OK
+    records: list[TileRecord] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == st.OK
+
+
+def warn(message: str) -> None:
+    """A RuntimeWarning about an answer no status foresaw (called from the fetch threads)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def read_fits_image(body: bytes) -> tuple[np.ndarray, WCS]:
@@ -73,21 +82,14 @@ def read_fits_image(body: bytes) -> tuple[np.ndarray, WCS]:
     raise ValueError("no 2-D image")
 
 
-def _sia_ref(access_url: str) -> str:
-    """The file name the cutout service knows a tile by: ``siaRef`` of the access URL, else its last path part."""
-    parts = urlsplit(access_url)
-    refs = parse_qs(parts.query.replace("+", "%2B")).get("siaRef")
-    return refs[0] if refs else parts.path.rstrip("/").rsplit("/", 1)[-1]
-
-
 class SIASource(CutoutSource):
     """Cutouts over SIA (pyvo) with bounded concurrency, retries, a cache, and one allowed host."""
 
     def __init__(
-        self, base_url: str, bands: tuple[str, ...] = ("g", "r", "i", "z", "Y"),
-        pixel_scale_arcsec: float | None = None, cutout_collection: str = "des_sva1", concurrency: int = 4,
-        timeout_s: float = 30.0, retries: int = 4, backoff_s: float = 1.0, cache_dir: str | Path | None = None,
-        use_cutout_service: bool = True, cell_deg: float = CELL_DEG,
+        self, base_url: str, bands: tuple[str, ...] = DES_BANDS, pixel_scale_arcsec: float | None = None,
+        cutout_collection: str = "des_sva1", concurrency: int = 4, timeout_s: float = 30.0, retries: int = 4,
+        backoff_s: float = 1.0, cache_dir: str | Path | None = None, use_cutout_service: bool = True,
+        cell_deg: float = CELL_DEG, whole_image_threshold: int = ImagesConfig.whole_image_threshold,
     ) -> None:
         self.base_url = str(base_url)
         self.bands = tuple(bands)
@@ -96,6 +98,7 @@ class SIASource(CutoutSource):
         self.concurrency = int(concurrency)
         self.use_cutout_service = use_cutout_service
         self.cell_deg = float(cell_deg)
+        self.whole_image_threshold = int(whole_image_threshold)
         self.http = GuardedHTTP(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
                                 cache_dir=cache_dir)
         parts = urlsplit(base_url)
@@ -111,7 +114,7 @@ class SIASource(CutoutSource):
             url, bands=cfg.bands, pixel_scale_arcsec=cfg.pixel_scale_arcsec, cutout_collection=cfg.cutout_collection,
             concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
             cache_dir=cache_dir if cache_dir is not None else cfg.cache_dir,
-            use_cutout_service=cfg.use_cutout_service,
+            use_cutout_service=cfg.use_cutout_service, whole_image_threshold=cfg.whole_image_threshold,
         )
 
     def __repr__(self) -> str:
@@ -132,7 +135,7 @@ class SIASource(CutoutSource):
         j = np.floor(np.asarray(dec, dtype=float) / self.cell_deg).astype(int)
         return np.array([f"cell_{a}_{b}" for a, b in zip(i, j, strict=True)], dtype=str)
 
-    # -- the SIA query -------------------------------------------------------------------------------------
+    # -- the SIA query and the tile choice -----------------------------------------------------------------
     def query_url(self, ra: float, dec: float, width_deg: float, height_deg: float) -> str:
         """The SIA query URL pyvo builds for a box around (ra, dec)."""
         from pyvo.dal.sia import SIAQuery
@@ -140,9 +143,10 @@ class SIASource(CutoutSource):
         query = SIAQuery(self.base_url, pos=(ra, dec), size=(width_deg, height_deg))
         return requests.Request("GET", query.queryurl, params=dict(query)).prepare().url
 
-    def list_tiles(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> list[TileRecord] | str:
-        """Stack images around the positions (one query for their bounding box), or the failure status."""
+    def list_tiles(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> TileListing:
+        """Stack images around the positions (one query for their bounding box)."""
         ra = np.mod(np.asarray(ra, dtype=float), 360.0)
+        dec = np.asarray(dec, dtype=float)
         ra_mid = float(np.degrees(np.arctan2(np.sin(np.radians(ra)).mean(), np.cos(np.radians(ra)).mean())) % 360)
         dec_mid = float((dec.min() + dec.max()) / 2)
         xi, eta = tangent_offsets_deg(ra, dec, ra_mid, dec_mid)
@@ -151,28 +155,89 @@ class SIASource(CutoutSource):
         url = self.query_url(round(ra_mid, 6), round(dec_mid, 6), round(width, 6), round(height, 6))
         fetched = self.http.get(url, validate=_votable_problem)
         if fetched.status != st.OK:
-            return fetched.status
-        return _tile_records(fetched.body, url)
+            return TileListing(fetched.status, detail=fetched.detail)
+        return TileListing(st.OK, tile_records(fetched.body, url))
+
+    def plan(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> TileChoice:
+        """Per row and band the image to cut from (one SIA query per sky cell, on the thread pool), and how.
+
+        An image serving at least ``whole_image_threshold`` rows (every image, without the cutout service) is
+        downloaded whole once and cut locally; the others are cut remotely, one request per stamp
+        (``TileChoice.modes``). Raises InputError naming the image when a chosen image has no ``magzero``.
+        """
+        ra = np.atleast_1d(np.asarray(ra, dtype=float))
+        dec = np.atleast_1d(np.asarray(dec, dtype=float))
+        n = len(ra)
+        cells = self.locality_keys(ra, dec)
+        groups = [np.flatnonzero(cells == c) for c in np.unique(cells)]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            listings = list(pool.map(lambda rows: self.list_tiles(ra[rows], dec[rows], size_pix), groups))
+        tiles: dict[tuple[str, int, str], int] = {}
+        records: list[TileRecord] = []
+        index = np.full((n, len(self.bands)), -1, dtype=np.int32)
+        keys = np.full(n, NO_TILE, dtype=object)
+        failure = np.full(n, "", dtype=object)
+        for rows, listing in zip(groups, listings, strict=True):
+            if not listing.ok:
+                failure[rows] = listing.status
+                continue
+            wanted = [r for r in listing.records if r.band in self.bands]
+            home, _ = best_tiles(wanted, ra[rows], dec[rows])
+            keys[rows[home >= 0]] = [wanted[i].tile for i in home[home >= 0]]
+            for b, band in enumerate(self.bands):
+                members = [r for r in wanted if r.band == band]
+                chosen, _ = best_tiles(members, ra[rows], dec[rows])
+                for i in np.unique(chosen[chosen >= 0]):
+                    record = members[i]
+                    if record.zeropoint is None:
+                        raise InputError(f"{record.ref}: no magzero in the SIA answer of {self.base_url}")
+                    key = (record.ref, record.extn, record.band)
+                    if key not in tiles:
+                        tiles[key] = len(records)
+                        records.append(record)
+                    index[rows[chosen == i], b] = tiles[key]
+        served = np.bincount(index[index >= 0], minlength=len(records))
+        dense = served >= self.whole_image_threshold if self.whole_image_threshold > 0 else served < 0
+        whole = frozenset(r.ref for r, d in zip(records, dense, strict=True) if d or not self.use_cutout_service)
+        return TileChoice(self.bands, tuple(records), index, keys, reference_zeropoints(self.bands, records),
+                          failure, whole)
 
     # -- one cutout ----------------------------------------------------------------------------------------
-    def _cutout_request(self, tile: TileRecord, ra: float, dec: float, n_pix: int) -> str:
+    def cutout_request(self, tile: TileRecord, ra: float, dec: float, n_pix: int) -> str:
+        """The cutout URL of ``n_pix`` pixels around (ra, dec): the access URL's endpoint, ``col``, ``siaRef``
+        and ``extn`` (the configured endpoint and collection when the access URL is not a cutout URL)."""
         size = n_pix * self.pixel_scale_arcsec / 3600.0
-        ref = quote(tile.sia_ref, safe="+-_.")
-        return (
-            f"{self.cutout_url}?col={quote(self.cutout_collection)}&siaRef={ref}&extn=1"
-            f"&POS={ra:.7f},{dec:.7f}&SIZE={size:.7f},{size:.7f}"
-        )
+        params = query_params(tile.url)
+        if "SIAREF" in params:
+            parts = urlsplit(tile.url)
+            endpoint, col = f"{parts.scheme}://{parts.netloc}{parts.path}", params.get("COL", self.cutout_collection)
+        else:
+            endpoint, col = self.cutout_url, self.cutout_collection
+        return (f"{endpoint}?col={quote(col)}&siaRef={quote(tile.ref, safe='+-_.')}&extn={tile.extn}"
+                f"&POS={ra:.7f},{dec:.7f}&SIZE={size:.7f},{size:.7f}")
+
+    def image_request(self, tile: TileRecord) -> str:
+        """The URL of the whole image: the cutout URL without ``POS`` and ``SIZE``, or a plain access URL."""
+        params = query_params(tile.url)
+        if "SIAREF" not in params:
+            return tile.url
+        parts = urlsplit(tile.url)
+        keep = {k: v for k, v in params.items() if k not in ("POS", "SIZE")}
+        names = {"COL": "col", "SIAREF": "siaRef", "EXTN": "extn"}
+        query = urlencode({names.get(k, k): v for k, v in keep.items()}, safe="+-_.,")
+        return f"{parts.scheme}://{parts.netloc}{parts.path}?{query}"
 
     def cutout(self, tile: TileRecord, ra: float, dec: float, size_pix: int) -> tuple[np.ndarray, str]:
-        """One band's stamp (S, S) and its status; never raises for network or content problems."""
+        """One band's stamp (S, S) and its status; never raises for network or content problems.
+
+        A cutout with non-finite pixels counts as a bad answer and is asked again, like a truncated one.
+        """
         empty = np.zeros((size_pix, size_pix), dtype=np.float32)
         if not self.use_cutout_service:
-            return self._cut_from_tile(tile, ra, dec, size_pix)
+            return self.cut_from_image(tile, ra, dec, size_pix)
         n_req = size_pix + 2 * MARGIN_PIX
-        xi, eta = tangent_offsets_deg(np.array([ra]), np.array([dec]), tile.ra, tile.dec)
-        reach = max(abs(xi[0]), abs(eta[0])) + n_req * self.pixel_scale_arcsec / 3600.0 / 2
-        near_edge = reach > tile.fov_deg / 2
-
+        half_deg = n_req * self.pixel_scale_arcsec / 3600.0 / 2
+        near_edge = float(tile.depth(np.array([ra]), np.array([dec]))[0]) < half_deg * np.sqrt(2)
         parsed: dict[int, tuple[np.ndarray, WCS]] = {}  # the validated image, so that it is parsed only once
 
         def problem(body: bytes) -> str | None:
@@ -182,55 +247,62 @@ class SIASource(CutoutSource):
                 return st.ERROR_BAD_FITS
             if min(data.shape) < n_req - SIZE_SLACK_PIX and not near_edge:
                 return st.ERROR_WRONG_SIZE
+            if not np.isfinite(data).all():
+                return st.ERROR_NAN
             parsed[id(body)] = (data, wcs)
             return None
 
-        fetched = self.http.get(self._cutout_request(tile, ra, dec, n_req), validate=problem)
+        fetched = self.http.get(self.cutout_request(tile, ra, dec, n_req), validate=problem)
         if fetched.status == st.ERROR_HTTP and fetched.detail == "HTTP 404":
-            return self._cut_from_tile(tile, ra, dec, size_pix)  # no cutout endpoint: the whole tile
+            return self.cut_from_image(tile, ra, dec, size_pix)  # no cutout endpoint: the whole image
         if fetched.status != st.OK:
             return empty, fetched.status
         data, wcs = parsed.get(id(fetched.body)) or read_fits_image(fetched.body)
         stamps, status = cut_stamps(data, wcs, [ra], [dec], size_pix, self.pixel_scale_arcsec)
         return stamps[0], str(status[0])
 
-    def _safe_cutout(self, tile: TileRecord, ra: float, dec: float, size_pix: int) -> tuple[np.ndarray, str]:
-        """``cutout``, with anything unforeseen in a service's answer turned into a row status and a warning."""
-        try:
-            return self.cutout(tile, ra, dec, size_pix)
-        except Exception as exc:  # one odd answer must not crash a partition of thousands of rows
-            warnings.warn(f"cutout of {tile.sia_ref} at ({ra:.6f}, {dec:.6f}) failed: {exc!r}", RuntimeWarning,
-                          stacklevel=2)
-            return np.zeros((size_pix, size_pix), dtype=np.float32), st.ERROR_BAD_FITS
+    def _safe(self, tile: TileRecord, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> tuple[np.ndarray, list]:
+        """Stamps and statuses of rows of one image (one cutout each), anything unforeseen made a status."""
+        stamps = np.zeros((len(ra), size_pix, size_pix), dtype=np.float32)
+        statuses = []
+        for k, (r, d) in enumerate(zip(ra, dec, strict=True)):
+            try:
+                stamps[k], status = self.cutout(tile, float(r), float(d), size_pix)
+            except Exception as exc:  # one odd answer must not crash a partition of thousands of rows
+                warn(f"cutout of {tile.ref} at ({r:.6f}, {d:.6f}) failed: {exc!r}")
+                status = st.ERROR_BAD_FITS
+            statuses.append(status)
+        return stamps, statuses
 
-    def _cut_from_tile(self, tile: TileRecord, ra: float, dec: float, size_pix: int) -> tuple[np.ndarray, str]:
-        """Download the tile once (cached, one download per URL at a time) and cut the stamp from it."""
-        empty = np.zeros((size_pix, size_pix), dtype=np.float32)
+    def cut_from_image(self, tile: TileRecord, ra, dec, size_pix: int) -> tuple[np.ndarray, str | np.ndarray]:
+        """Download the whole image once (cached; one download per URL at a time) and cut the stamps from it.
+
+        Scalar ``ra``/``dec`` give one stamp (S, S) and its status; arrays give (n, S, S) and n statuses.
+        """
+        scalar = np.ndim(ra) == 0
+        ra, dec = np.atleast_1d(ra), np.atleast_1d(dec)
+        url = self.image_request(tile)
         with self._locks_guard:
-            lock = self._locks.setdefault(tile.access_url, threading.Lock())
+            lock = self._locks.setdefault(url, threading.Lock())
         with lock:
-            path = self._local_tile_path(tile.access_url)
+            path = self._local_image_path(url)
             if not path.is_file():
-                fetched = self.http.get(tile.access_url, validate=_fits_problem,
-                                        total_timeout_s=self.http.timeout_s * 20)
+                fetched = self.http.get(url, validate=_fits_problem, total_timeout_s=self.http.timeout_s * 20)
                 if fetched.status != st.OK:
-                    return empty, fetched.status
+                    failed = np.full(len(ra), fetched.status, dtype=object)
+                    empty = np.zeros((len(ra), size_pix, size_pix), dtype=np.float32)
+                    return (empty[0], str(failed[0])) if scalar else (empty, failed)
                 if not path.is_file():
                     write_atomic(path, fetched.body)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            try:
-                with fits.open(path, memmap=True) as hdul:
-                    hdu = next(h for h in hdul if h.header.get("NAXIS", 0) == 2)
-                    data = hdu.section if isinstance(hdu, fits.CompImageHDU) else hdu.data
-                    stamps, status = cut_stamps(data, WCS(hdu.header).celestial, [ra], [dec], size_pix,
-                                                self.pixel_scale_arcsec)
-            except (OSError, ValueError, StopIteration):
-                return empty, st.ERROR_BAD_FITS
-        return stamps[0], str(status[0])
+        try:
+            stamps, status = cut_from_file(path, None, ra, dec, size_pix, self.pixel_scale_arcsec)
+        except InputError:
+            stamps = np.zeros((len(ra), size_pix, size_pix), dtype=np.float32)
+            status = np.full(len(ra), st.ERROR_BAD_FITS, dtype=object)
+        return (stamps[0], str(status[0])) if scalar else (stamps, status)
 
-    def _local_tile_path(self, url: str) -> Path:
-        """Where a downloaded tile lives: the cache, or without one a scratch folder of this process."""
+    def _local_image_path(self, url: str) -> Path:
+        """Where a downloaded image lives: the cache, or without one a scratch folder of this process."""
         cached = self.http.cache_path(url)
         if cached is not None:
             return cached
@@ -239,39 +311,53 @@ class SIASource(CutoutSource):
         return Path(self._scratch) / f"{hashlib.sha256(url.encode()).hexdigest()}.fits"
 
     # -- the batch -----------------------------------------------------------------------------------------
-    def fetch(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> CutoutBatch:
-        """Stamps of every band for every row; failures become row statuses, never exceptions."""
+    def fetch(
+        self, ra: np.ndarray, dec: np.ndarray, size_pix: int, choice: TileChoice | None = None,
+    ) -> CutoutBatch:
+        """Stamps of every band for every row, from the images of ``choice`` (the planner's; None: planned here).
+
+        Failures become band statuses, never exceptions.
+        """
         ra = np.atleast_1d(np.asarray(ra, dtype=float))
         dec = np.atleast_1d(np.asarray(dec, dtype=float))
         n = len(ra)
-        # placeholder frame (DES coadd zeropoint) until the sources read MAGZERO / magzero (issue 11, item 1)
-        frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, (DES_COADD_ZEROPOINT,) * len(self.bands))
+        choice = choice if choice is not None else self.plan(ra, dec, size_pix)
+        if len(choice) != n:
+            raise ValueError(f"tile choice of {len(choice)} rows for {n} positions")
+        frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, choice.zeropoints)
         batch = CutoutBatch.empty(n, frame, size_pix)
         band_status = np.full((n, len(self.bands)), st.NO_COVERAGE, dtype=object)
-        tasks: list[tuple[int, int, TileRecord]] = []
-        cells = self.locality_keys(ra, dec)
-        for cell in np.unique(cells):
-            rows = np.flatnonzero(cells == cell)
-            tiles = self.list_tiles(ra[rows], dec[rows], size_pix)
-            if isinstance(tiles, str):
-                band_status[rows, :] = tiles
-                continue
-            for b, band in enumerate(self.bands):
-                for row, tile in zip(rows, _choose_tiles(tiles, band, ra[rows], dec[rows]), strict=True):
-                    if tile is not None:
-                        tasks.append((int(row), b, tile))
+        failed = choice.failure != ""
+        band_status[failed, :] = choice.failure[failed, None]
+        jobs = [(b, tile, rows) for b in range(len(self.bands)) for tile, rows in choice.groups(b)]
+        # a whole image is one task for all its rows; a remote cutout is one task per row
+        tasks = [(b, tile, rows[k : k + 1] if tile.ref not in choice.whole_image else rows)
+                 for b, tile, rows in jobs for k in range(len(rows) if tile.ref not in choice.whole_image else 1)]
+
+        def run(task: tuple) -> tuple[np.ndarray, list]:
+            _, tile, rows = task
+            if tile.ref not in choice.whole_image:
+                return self._safe(tile, ra[rows], dec[rows], size_pix)
+            try:
+                stamps, statuses = self.cut_from_image(tile, ra[rows], dec[rows], size_pix)
+            except Exception as exc:  # as in _safe: an odd answer becomes a status, never a crash
+                warn(f"whole image {tile.ref} failed: {exc!r}")
+                stamps = np.zeros((len(rows), size_pix, size_pix), dtype=np.float32)
+                statuses = [st.ERROR_BAD_FITS] * len(rows)
+            return stamps, list(statuses)
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results = list(pool.map(lambda t: self._safe_cutout(t[2], ra[t[0]], dec[t[0]], size_pix), tasks))
-        for (row, b, _), (stamp, status) in zip(tasks, results, strict=True):
-            batch.images[row, b] = stamp
-            band_status[row, b] = status
+            results = list(pool.map(run, tasks))
+        for (b, tile, rows), (stamps, statuses) in zip(tasks, results, strict=True):
+            batch.images[rows, b] = stamps * zeropoint_factor(tile.zeropoint, frame.zeropoints[b])
+            band_status[rows, b] = statuses
         batch.settle(band_status)
         return batch
 
 
 def _votable_problem(body: bytes) -> str | None:
     try:
-        _tile_records(body, "")
+        tile_records(body)
     except Exception:  # a garbled answer: retried, then reported as an HTTP-level failure
         return st.ERROR_HTTP
     return None
@@ -283,46 +369,3 @@ def _fits_problem(body: bytes) -> str | None:
     except Exception:  # same as above, for a FITS body
         return st.ERROR_BAD_FITS
     return None
-
-
-def _tile_records(body: bytes, url: str) -> list[TileRecord]:
-    """Stack images (prodtype image, proctype Stack) of an SIA answer, parsed with pyvo."""
-    from pyvo.dal.sia import SIAResults
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = SIAResults(parse_votable(io.BytesIO(body)), url=url).to_table()
-    if len(table) == 0:
-        return []
-
-    def column(name: str) -> np.ndarray:
-        values = table[name]
-        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()], dtype=object)
-
-    keep = (np.char.lower(column("prodtype").astype(str)) == "image") & (
-        np.char.lower(column("proctype").astype(str)) == "stack"
-    )
-    records = []
-    for i in np.flatnonzero(keep):
-        url_i = str(column("access_url")[i])
-        band = str(column("obs_bandpass")[i]).split()[0] if str(column("obs_bandpass")[i]).split() else ""
-        fov = float(table["s_fov"][i]) if "s_fov" in table.colnames else DES_TILE_FOV_DEG
-        records.append(TileRecord(
-            access_url=url_i, sia_ref=_sia_ref(url_i), band=band, ra=float(table["s_ra"][i]),
-            dec=float(table["s_dec"][i]), fov_deg=fov,
-        ))
-    return records
-
-
-def _choose_tiles(tiles: list[TileRecord], band: str, ra: np.ndarray, dec: np.ndarray) -> list[TileRecord | None]:
-    """Per position, the tile of ``band`` whose centre is nearest in the max-norm (deepest inside); None if none."""
-    candidates = [t for t in tiles if t.band.lower() == band.lower()]
-    best: list[TileRecord | None] = [None] * len(ra)
-    best_depth = np.zeros(len(ra))
-    for tile in candidates:
-        xi, eta = tangent_offsets_deg(ra, dec, tile.ra, tile.dec)
-        depth = tile.fov_deg / 2 - np.maximum(np.abs(xi), np.abs(eta))
-        for k in np.flatnonzero((depth > 0) & (depth > best_depth)):
-            best[k], best_depth[k] = tile, depth[k]
-    return best
-

@@ -75,25 +75,40 @@ def render(wcs: WCS, shape: tuple[int, int], blobs: list[Blob], scale_arcsec: fl
 def write_tile(
     path: str | Path, wcs: WCS, shape: tuple[int, int], blobs: list[Blob], band: str, tile: str,
     scale_arcsec: float | None = None, compress: bool = False, noise_sigma: float = 0.0, seed: int = 0,
-    zeropoint: float = DES_COADD_ZEROPOINT,
+    magzero: float | None = DES_COADD_ZEROPOINT, layout: tuple[str, ...] = ("SCI",),
 ) -> Path:
-    """Write a tile-band FITS: empty primary, SCI in HDU 1 with the WCS, MAGZERO (``zeropoint``), BAND, TILENAME."""
+    """Write a tile-band FITS: empty primary, then the extensions of ``layout`` in order, each with the WCS.
+
+    ``SCI`` holds the image with ``MAGZERO`` (None: no keyword), BAND and TILENAME; ``MSK`` a zero bad-pixel mask
+    and ``WGT`` the inverse-variance weight, as in a DES coadd file (``("SCI", "MSK", "WGT")``).
+    """
     path = Path(path)
     if scale_arcsec is None:
         scale_arcsec = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0)
     data = render(wcs, shape, blobs, scale_arcsec)
     if noise_sigma > 0:
         data += np.random.default_rng(seed).normal(0.0, noise_sigma, size=shape).astype(np.float32)
-    header = wcs.to_header()
-    header["MAGZERO"] = (zeropoint, "coadd magnitude zeropoint")
-    header["EXPTIME"] = (900.0, "effective exposure time (s)")
-    header["BAND"] = band
-    header["TILENAME"] = tile
-    if compress:
-        sci = fits.CompImageHDU(data=data, header=header, name="SCI", compression_type="GZIP_2", quantize_level=0.0)
-    else:
-        sci = fits.ImageHDU(data=data, header=header, name="SCI")
-    fits.HDUList([fits.PrimaryHDU(), sci]).writeto(path, overwrite=True)
+    planes = {
+        "SCI": data,
+        "MSK": np.zeros(shape, dtype=np.int32),
+        "WGT": np.full(shape, 1.0 / noise_sigma**2 if noise_sigma > 0 else 1.0, dtype=np.float32),
+    }
+    hdus: list[fits.hdu.base.ExtensionHDU] = []
+    for name in layout:
+        header = wcs.to_header()
+        if name == "SCI":
+            if magzero is not None:
+                header["MAGZERO"] = (magzero, "coadd magnitude zeropoint")
+            header["EXPTIME"] = (900.0, "effective exposure time (s)")
+            header["BAND"] = band
+            header["TILENAME"] = tile
+        if compress:
+            options = {"quantize_level": 0.0} if name != "MSK" else {}
+            hdus.append(fits.CompImageHDU(data=planes[name], header=header, name=name,
+                                          compression_type="GZIP_2" if name != "MSK" else "RICE_1", **options))
+        else:
+            hdus.append(fits.ImageHDU(data=planes[name], header=header, name=name))
+    fits.HDUList([fits.PrimaryHDU(), *hdus]).writeto(path, overwrite=True)
     return path
 
 

@@ -1,7 +1,9 @@
-"""Stamps from a directory of coadd tiles: one FITS (or .fits.fz) per tile and band, SCI in HDU 1.
+"""Stamps from a directory of coadd tiles: one FITS (or .fits.fz) per tile and band, SCI in HDU 1 (or by name).
 
-The directory is indexed once (headers only); the index is small and pickles with the source. A fetch opens
-each tile-band once (memory-mapped, or tile-wise decompression for .fz) and cuts every stamp it serves.
+The directory is indexed once (headers only); the index is small and pickles with the source. The tile choice
+(``plan``, shared with ``SIASource`` through ``cutouts.choice``) is made once; a fetch opens each tile-band
+once (memory-mapped, or tile-wise decompression for .fz; ``open_science``, shared with the SIA source and the
+local server) and cuts every stamp it serves.
 """
 
 from __future__ import annotations
@@ -19,20 +21,29 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from survey_deblend.cutouts import status as st
 from survey_deblend.cutouts.base import CutoutBatch, CutoutSource
+from survey_deblend.cutouts.choice import (
+    NO_TILE,
+    TileChoice,
+    TileRef,
+    best_tiles,
+    reference_zeropoints,
+    zeropoint_factor,
+)
 from survey_deblend.cutouts.geometry import cut_stamps, edge_distance_pix, pixel_scale_arcsec, tangent_offsets_deg
 from survey_deblend.errors import InputError
-from survey_deblend.surveys import DES_COADD_ZEROPOINT, PhotometricFrame
+from survey_deblend.surveys import DES_BANDS, PhotometricFrame
 
 # DES0530-5000_r0001p01_g.fits(.fz): tile name, optional processing tag, band.
 _TILE_FILE = re.compile(r"^(?P<tile>.+?)(?:_r\d+p\d+)?_(?P<band>[A-Za-z]+)\.fits(?:\.fz|\.gz)?$")
 TILE_SUFFIXES = (".fits", ".fits.fz", ".fits.gz")
-NO_TILE = "no_coverage"  # locality key of positions that no tile covers
+__all__ = ["NO_TILE", "TileInfo", "TileSource", "cut_from_file", "index_tiles", "open_science", "read_tile_info"]
 _MAX_WCS_COPIES = 64  # per-thread WCS copies kept per tile before the cache starts over
 
 
 @dataclass
 class TileInfo:
-    """One tile-band file: where it is, what it is, and its WCS header (a string, so it pickles cheaply)."""
+    """One tile-band file: where it is, what it is, and its celestial WCS as a header string (only the WCS
+    keywords, about 2 kB, so that an index of thousands of tiles pickles and scatters cheaply)."""
 
     path: Path
     tile: str
@@ -40,6 +51,7 @@ class TileInfo:
     hdu: int
     shape: tuple[int, int]  # (ny, nx)
     header: str
+    zeropoint: float | None = None  # MAGZERO of the image (or of the primary header); None when absent
     _wcs: dict[int, WCS] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -72,6 +84,21 @@ class TileInfo:
         """The longer side of the image in degrees."""
         return max(self.shape) * pixel_scale_arcsec(self.wcs) / 3600.0
 
+    @property
+    def ref(self) -> TileRef:
+        """The small record of this tile that travels in a ``TileChoice``."""
+        return TileRef(self.path.name, self.tile, self.band, self.zeropoint, self.hdu)
+
+    def depth(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Distance in pixels from each position to the nearest image edge; <= 0 outside (``choice.Footprint``)."""
+        ra0, dec0 = self.centre
+        xi, eta = tangent_offsets_deg(ra, dec, ra0, dec0)
+        depth = np.full(len(ra), -np.inf)
+        near = np.flatnonzero((np.hypot(xi, eta) < 1.05 * self.half_diagonal_deg) & np.isfinite(xi))
+        if len(near):
+            depth[near] = edge_distance_pix(self.wcs, self.shape, ra[near], dec[near])
+        return depth
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_wcs"] = {}
@@ -97,6 +124,7 @@ def read_tile_info(path: str | Path) -> TileInfo:
         with fits.open(path, memmap=True) as hdul:
             index = _science_hdu(hdul)
             header = hdul[index].header.copy()
+            zeropoint = header.get("MAGZERO", hdul[0].header.get("MAGZERO"))
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     except (OSError, ValueError, TypeError) as exc:
@@ -117,7 +145,12 @@ def read_tile_info(path: str | Path) -> TileInfo:
     if not tile or not band:
         raise InputError(f"{path}: cannot tell tile and band (name like TILE_rNNNNpNN_BAND.fits, or TILENAME/BAND)")
     shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-    return TileInfo(path=path, tile=tile, band=band, hdu=index, shape=shape, header=header.tostring())
+    try:
+        zeropoint = None if zeropoint is None else float(zeropoint)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: MAGZERO '{zeropoint}' is not a number") from None
+    compact = wcs.celestial.to_header(relax=True).tostring()
+    return TileInfo(path=path, tile=tile, band=band, hdu=index, shape=shape, header=compact, zeropoint=zeropoint)
 
 
 def index_tiles(tiles_dir: str | Path, bands: tuple[str, ...] | None = None) -> list[TileInfo]:
@@ -132,102 +165,140 @@ def index_tiles(tiles_dir: str | Path, bands: tuple[str, ...] | None = None) -> 
     return infos
 
 
-def best_tiles(tiles: list[TileInfo], ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each position, the index into ``tiles`` where it is farthest from the edge, and that distance (px).
+def open_science(path: str | Path, hdu: int | None = None) -> tuple[fits.HDUList, object, WCS]:
+    """Open a tile file: the HDU list (close it), a sliceable view of the science image and its celestial WCS.
 
-    Index -1 where no tile covers the position.
+    ``hdu`` None finds the image (``EXTNAME SCI``, else HDU 1, else the primary). Tile-compressed images are
+    read through ``CompImageHDU.section`` (only the tiles a stamp touches are decompressed). Both sources and
+    the local server open tiles here.
     """
-    ra, dec = np.asarray(ra, dtype=float), np.asarray(dec, dtype=float)
-    best = np.full(len(ra), -1, dtype=int)
-    best_dist = np.zeros(len(ra))
-    for i, tile in enumerate(tiles):
-        ra0, dec0 = tile.centre
-        xi, eta = tangent_offsets_deg(ra, dec, ra0, dec0)
-        near = np.flatnonzero((np.hypot(xi, eta) < 1.05 * tile.half_diagonal_deg) & np.isfinite(xi))
-        if len(near) == 0:
-            continue
-        dist = edge_distance_pix(tile.wcs, tile.shape, ra[near], dec[near])
-        better = (dist > 0) & (dist > best_dist[near])
-        best[near[better]] = i
-        best_dist[near[better]] = dist[better]
-    return best, best_dist
-
-
-def open_science(tile: TileInfo) -> tuple[fits.HDUList, object]:
-    """Open a tile file; returns the HDU list (close it) and a sliceable view of the science image."""
     try:
-        hdul = fits.open(tile.path, memmap=True)
-        hdu = hdul[tile.hdu]
-        data = hdu.section if isinstance(hdu, fits.CompImageHDU) else hdu.data
+        hdul = fits.open(path, memmap=True)
     except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{tile.path}: cannot read the image ({exc})") from None
-    return hdul, data
+        raise InputError(f"{path}: cannot read the image ({exc})") from None
+    try:
+        index = _science_hdu(hdul) if hdu is None else hdu
+        image = hdul[index]
+        data = image.section if isinstance(image, fits.CompImageHDU) else image.data
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(image.header).celestial
+    except (OSError, ValueError, TypeError, IndexError, InputError) as exc:
+        hdul.close()
+        raise InputError(f"{path}: cannot read the image ({exc})") from None
+    return hdul, data, wcs
+
+
+def cut_from_file(
+    path: str | Path, hdu: int | None, ra: np.ndarray, dec: np.ndarray, size_pix: int, scale_arcsec: float,
+    wcs: WCS | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Open one tile image once and cut every stamp it serves (``geometry.cut_stamps``); InputError if unreadable.
+
+    ``wcs`` (the indexed one) saves parsing the header again.
+    """
+    hdul, data, file_wcs = open_science(path, hdu)
+    try:
+        return cut_stamps(data, wcs or file_wcs, ra, dec, size_pix, scale_arcsec)
+    except (OSError, ValueError, TypeError) as exc:  # pixels cut off or changed since indexing
+        raise InputError(f"{path}: cannot read the image ({exc})") from None
+    finally:
+        hdul.close()
 
 
 class TileSource(CutoutSource):
-    """Stamps cut from local coadd tiles, rows grouped so that each tile-band is opened once per fetch."""
+    """Stamps cut from local coadd tiles, rows grouped so that each tile-band is opened once per fetch.
+
+    Zeropoints come from each tile's ``MAGZERO`` (a tile without one is an InputError at indexing). When the
+    tiles of one band disagree, the frame takes the band's most common zeropoint and stamps of the other tiles
+    are rescaled to it (``choice.reference_zeropoints``), so a batch holds one zeropoint per band.
+    """
 
     def __init__(
-        self, tiles_dir: str | Path, bands: tuple[str, ...] = ("g", "r", "i", "z", "Y"),
-        pixel_scale_arcsec: float | None = None,
+        self, tiles_dir: str | Path, bands: tuple[str, ...] = DES_BANDS, pixel_scale_arcsec: float | None = None,
     ) -> None:
         self.tiles_dir = Path(tiles_dir)
         self.bands = tuple(bands)
         self.tiles = index_tiles(self.tiles_dir, self.bands)
         if not self.tiles:
             raise InputError(f"{self.tiles_dir}: no tile files for bands {', '.join(self.bands)}")
+        for tile in self.tiles:
+            if tile.zeropoint is None:
+                raise InputError(f"{tile.path}: no MAGZERO in its header (the zeropoint of its pixels)")
         if pixel_scale_arcsec is None:
             # rounded to a micro-arcsec so that float noise of the WCS does not leak into manifests
             pixel_scale_arcsec = round(float(np.median([pixel_scale_arcsec_of(t) for t in self.tiles])), 6)
         self.pixel_scale_arcsec = float(pixel_scale_arcsec)
+        self.zeropoints = reference_zeropoints(self.bands, [t.ref for t in self.tiles])
 
     def __repr__(self) -> str:
         return f"TileSource({str(self.tiles_dir)!r}, bands={self.bands}, {len(self.tiles)} tile files)"
+
+    @cached_property
+    def _by_ref(self) -> dict[str, TileInfo]:
+        return {t.path.name: t for t in self.tiles}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_by_ref", None)
+        return state
 
     @property
     def tile_names(self) -> list[str]:
         """Distinct tile names, sorted."""
         return sorted({t.tile for t in self.tiles})
 
+    @property
+    def frame(self) -> PhotometricFrame:
+        """The photometric frame of every batch of this source."""
+        return PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, self.zeropoints)
+
+    def plan(self, ra: np.ndarray, dec: np.ndarray, size_pix: int | None = None) -> TileChoice:
+        """The tile of each band for every position (deepest inside), and each row's locality key."""
+        ra = np.atleast_1d(np.asarray(ra, dtype=float))
+        dec = np.atleast_1d(np.asarray(dec, dtype=float))
+        index = np.full((len(ra), len(self.bands)), -1, dtype=np.int32)
+        best, _ = best_tiles(self.tiles, ra, dec)
+        keys = np.array([t.tile for t in self.tiles] + [NO_TILE], dtype=object)[best].astype(str)
+        for b, band in enumerate(self.bands):
+            members = [i for i, t in enumerate(self.tiles) if t.band == band]
+            chosen, _ = best_tiles([self.tiles[i] for i in members], ra, dec)
+            index[chosen >= 0, b] = np.asarray(members, dtype=np.int32)[chosen[chosen >= 0]]
+        used = np.unique(index[index >= 0])
+        remap = np.full(len(self.tiles) + 1, -1, dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        return TileChoice(self.bands, tuple(self.tiles[i].ref for i in used), remap[index], keys, self.zeropoints)
+
     def locality_keys(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
         """Name of the tile where each position is farthest from the edge; ``no_coverage`` where none covers it."""
-        best, _ = best_tiles(self.tiles, ra, dec)
+        best, _ = best_tiles(self.tiles, np.atleast_1d(ra), np.atleast_1d(dec))
         names = np.array([t.tile for t in self.tiles] + [NO_TILE], dtype=object)
         return names[best].astype(str)
 
-    def _cut(self, tile: TileInfo, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> tuple[np.ndarray, np.ndarray]:
-        """Open one tile-band once and cut every stamp it serves."""
-        hdul, data = open_science(tile)
-        try:
-            return cut_stamps(data, tile.wcs, ra, dec, size_pix, self.pixel_scale_arcsec)
-        finally:
-            hdul.close()
-
-    def fetch(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> CutoutBatch:
-        """Stamps of every band; per band each row uses the tile where it is farthest from the edge."""
+    def fetch(
+        self, ra: np.ndarray, dec: np.ndarray, size_pix: int, choice: TileChoice | None = None,
+    ) -> CutoutBatch:
+        """Stamps of every band from the tiles of ``choice`` (the planner's; None: chosen here), each opened once."""
         ra = np.atleast_1d(np.asarray(ra, dtype=float))
         dec = np.atleast_1d(np.asarray(dec, dtype=float))
-        n = len(ra)
-        # placeholder frame (DES coadd zeropoint) until the sources read MAGZERO / magzero (issue 11, item 1)
-        frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, (DES_COADD_ZEROPOINT,) * len(self.bands))
-        batch = CutoutBatch.empty(n, frame, size_pix)
-        band_status = np.full((n, len(self.bands)), st.NO_COVERAGE, dtype=object)
-        for b, band in enumerate(self.bands):
-            band_tiles = [t for t in self.tiles if t.band == band]
-            if not band_tiles:
-                continue
-            best, _ = best_tiles(band_tiles, ra, dec)
-            for i in np.unique(best[best >= 0]):
-                rows = np.flatnonzero(best == i)
+        choice = choice if choice is not None else self.plan(ra, dec)
+        if len(choice) != len(ra):
+            raise ValueError(f"tile choice of {len(choice)} rows for {len(ra)} positions")
+        frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, choice.zeropoints)
+        batch = CutoutBatch.empty(len(ra), frame, size_pix)
+        band_status = np.full((len(ra), len(self.bands)), st.NO_COVERAGE, dtype=object)
+        for b in range(len(self.bands)):
+            for ref, rows in choice.groups(b):
+                tile = self._by_ref[ref.ref]
                 try:
-                    stamps, status = self._cut(band_tiles[i], ra[rows], dec[rows], size_pix)
-                except (OSError, ValueError, InputError) as exc:
+                    stamps, status = cut_from_file(tile.path, tile.hdu, ra[rows], dec[rows], size_pix,
+                                                   self.pixel_scale_arcsec, wcs=tile.wcs)
+                except InputError as exc:
                     # the header was fine at indexing but the pixels are not (truncated, changed since)
-                    warnings.warn(f"{band_tiles[i].path}: cannot read the image ({exc}); rows marked "
-                                  f"{st.ERROR_BAD_FITS}", RuntimeWarning, stacklevel=2)
+                    warnings.warn(f"{exc}; rows marked {st.ERROR_BAD_FITS}", RuntimeWarning, stacklevel=2)
                     band_status[rows, b] = st.ERROR_BAD_FITS
                     continue
-                batch.images[rows, b] = stamps
+                batch.images[rows, b] = stamps * zeropoint_factor(tile.zeropoint, frame.zeropoints[b])
                 band_status[rows, b] = status
         batch.settle(band_status)
         return batch

@@ -63,7 +63,9 @@ def field(tmp_path_factory: pytest.TempPathFactory) -> Field:
         Blob(ra["edge"], dec["edge"], FLUX["edge"], 0.8, 0.8),
     ]
     band_scale = {b: 1.0 + 0.5 * i for i, b in enumerate(BANDS)}
-    common = dict(tile_size_pix=TILE, bands=BANDS, band_flux_scale=band_scale, missing={(1, "Y")})
+    # DES coadd file layout: SCI, MSK, WGT (the SIA server answers three rows per image)
+    common = dict(tile_size_pix=TILE, bands=BANDS, band_flux_scale=band_scale, missing={(1, "Y")},
+                  layout=("SCI", "MSK", "WGT"))
     write_field(root / "std", centres, blobs, **common)
     write_field(root / "flipped", centres, blobs, flip_x=True, **common)
     write_field(root / "rotated", centres, blobs, rotation_deg=30.0, **common)
