@@ -37,6 +37,7 @@ from survey_deblend.catalog.match import (
     unit_vectors,
 )
 from survey_deblend.catalog.readers import CatalogReader, open_catalog
+from survey_deblend.catalog.release import resolve_release_files
 from survey_deblend.catalog.schema import GOLD_COLUMNS, IM3SHAPE_COLUMNS, WLINFO_COLUMNS
 from survey_deblend.config.catalog import CatalogConfig
 from survey_deblend.errors import ConfigError, InputError
@@ -204,6 +205,7 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
     Raises InputError/ConfigError for unusable inputs and EmptySelectionError (carrying the cut flow) when
     every row is cut.
     """
+    cfg = resolve_release_files(cfg)  # --catalog sva1_gold_r1.0_im3shape.fits.gz alone finds the gold file beside it
     shear, positions, shear_positions = _open_inputs(cfg)
     flow = CutFlow(
         notes={
