@@ -5,7 +5,7 @@ row range of a Dask DataFrame from the ``.gz`` would decompress the front of the
 (quadratic in the number of ranges). Instead, the first read of a set of columns decompresses the file once,
 front to back, through ``gzip.open`` in blocks of ``BLOCK_ROWS`` rows (one reused buffer of
 ``BLOCK_ROWS x row bytes``, ~26 MB for a 200-byte row), and keeps only those columns, in native byte order,
-in a spool: one ``.npy`` file per column in a temporary folder. Row ranges are then memory-mapped slices of
+in a spool: one raw file per column in a temporary folder. Row ranges are then memory-mapped slices of
 the spool, as cheap as an uncompressed file. Memory stays one block whatever the file size; the disk holds the
 needed columns only (the ten shear columns are 64 B a row against im3shape's 132 B row); the spool is
 reused by later reads in the same process and deleted when the process exits. ``SURVEY_DEBLEND_SPOOL_DIR``
@@ -20,6 +20,7 @@ import io
 import os
 import tempfile
 import threading
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ def read_table_header(path: Path):
     from astropy.io import fits
 
     try:
-        with gzip.open(path, "rb") as stream:
+        with gzip.open(path, "rb") as stream, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy warns (through its logger) about garbage before it fails
             primary = fits.Header.fromfile(stream)
             stream.seek(stream.tell() + _padded(_data_bytes(primary)))
             try:
@@ -173,6 +175,8 @@ def _stream_columns(
                     block = np.frombuffer(view, dtype=sub_dtype, count=count)
                     for name in names:
                         handles[name].write(block[name].astype(native[name]).data)
+                while stream.read(1 << 20):  # the rest (padding): gzip checks the stream's length and CRC at its end
+                    pass
         finally:
             for handle in handles.values():
                 handle.close()

@@ -24,6 +24,7 @@ from survey_deblend.errors import InputError
 FITS_MAGIC = b"SIMPLE  ="
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
+INT64_MAX = np.iinfo(np.int64).max
 BLOCK_ROWS = 131_072  # rows read per numpy call inside a chunk: bounds the transient memory of one read
 
 
@@ -58,6 +59,7 @@ class CatalogReader:
     scaling: tuple[tuple[str, float, float], ...] = ()  # FITS: (column, TSCAL, TZERO) for scaled columns
     row_group_starts: tuple[int, ...] = ()  # Parquet: first row of each row group, plus n_rows at the end
     compressed: bool = False  # FITS inside gzip: rows come from a spool of the needed columns (gzfits)
+    logical: tuple[str, ...] = ()  # FITS: TFORM L columns, stored as bytes 'T'/'F', read as bool
 
     def check_columns(self, required: dict[str, str]) -> None:
         """Raise InputError naming the file and the first missing or wrongly typed column of ``required``."""
@@ -97,6 +99,10 @@ class CatalogReader:
             data = self._read_fits(names, start, stop)
         else:
             data = self._read_parquet(names, start, stop)
+        for name in names:  # an unsigned 64-bit ID beyond int64 would wrap around in the int64 output
+            values = data[name]
+            if values.dtype.kind == "u" and values.dtype.itemsize == 8 and len(values) and values.max() > INT64_MAX:
+                raise InputError(f"{self.path}: column {name} holds values beyond the int64 range (max {values.max()})")
         frame = pd.DataFrame(data, columns=names, copy=False)
         frame.index = pd.RangeIndex(start, stop)
         return frame
@@ -146,6 +152,9 @@ class CatalogReader:
         for name, scale, zero in self.scaling:
             if name in out:
                 out[name] = _apply_scaling(out[name], scale, zero, self.columns[name])
+        for name in self.logical:
+            if name in out:
+                out[name] = out[name] == ord("T")
         return out
 
     def _read_parquet(self, names: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -227,8 +236,8 @@ def open_catalog(path: str | Path, role: str = "catalog") -> CatalogReader:
     raise InputError(f"{path}: not a FITS or Parquet file ({role})")
 
 
-def _fits_layout(hdu, path: Path) -> tuple[int, int, np.dtype, tuple[tuple[str, float, float], ...]]:
-    """(rows, row bytes, big-endian record dtype, scaled columns) of the binary table ``hdu``."""
+def _fits_layout(hdu, path: Path) -> tuple[int, int, np.dtype, tuple[tuple[str, float, float], ...], tuple[str, ...]]:
+    """(rows, row bytes, big-endian record dtype, scaled columns, logical columns) of the binary table ``hdu``."""
     from astropy.io import fits
 
     if not isinstance(hdu, fits.BinTableHDU):
@@ -247,7 +256,8 @@ def _fits_layout(hdu, path: Path) -> tuple[int, int, np.dtype, tuple[tuple[str, 
         for c in hdu.columns
         if c.bscale not in (None, 1) or c.bzero not in (None, 0)
     )
-    return int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]), record_dtype, scaling
+    logical = tuple(c.name for c in hdu.columns if str(c.format).strip().upper() in ("L", "1L"))
+    return int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]), record_dtype, scaling, logical
 
 
 def _open_fits(path: Path) -> CatalogReader:
@@ -259,15 +269,16 @@ def _open_fits(path: Path) -> CatalogReader:
             with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
                 if len(hdul) < 2:
                     raise InputError(f"{path}: HDU 1 is not a binary table (the file has no extension)")
-                n_rows, row_bytes, record_dtype, scaling = _fits_layout(hdul[1], path)
+                layout = _fits_layout(hdul[1], path)
                 data_offset = int(hdul[1].fileinfo()["datLoc"])
     except InputError:
         raise
     except Exception as exc:  # astropy raises many kinds for corrupt headers
         raise InputError(f"{path}: cannot read as FITS ({type(exc).__name__}: {exc})") from None
+    n_rows, row_bytes = layout[0], layout[1]
     if data_offset + n_rows * row_bytes > path.stat().st_size:
         raise InputError(f"{path}: file is truncated (header says {n_rows} rows)")
-    return _fits_reader(path, n_rows, row_bytes, record_dtype, data_offset, scaling)
+    return _fits_reader(path, *layout, data_offset)
 
 
 def _open_gzip_fits(path: Path, role: str) -> CatalogReader:
@@ -283,13 +294,12 @@ def _open_gzip_fits(path: Path, role: str) -> CatalogReader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _, row_bytes, record_dtype, scaling = _fits_layout(table_hdu(header), path)
-            n_rows = int(header["NAXIS2"])
+            layout = (int(header["NAXIS2"]), *_fits_layout(table_hdu(header), path)[1:])
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"{path}: cannot read as FITS ({type(exc).__name__}: {exc})") from None
-    return _fits_reader(path, n_rows, row_bytes, record_dtype, data_offset, scaling, compressed=True)
+    return _fits_reader(path, *layout, data_offset, compressed=True)
 
 
 def _fits_reader(
@@ -297,8 +307,9 @@ def _fits_reader(
     n_rows: int,
     row_bytes: int,
     record_dtype: np.dtype,
-    data_offset: int,
     scaling: tuple[tuple[str, float, float], ...],
+    logical: tuple[str, ...],
+    data_offset: int,
     compressed: bool = False,
 ) -> CatalogReader:
     if record_dtype.itemsize != row_bytes:
@@ -311,7 +322,7 @@ def _fits_reader(
             # TZERO-offset unsigned integers stay integers; other scalings become floats
             is_int = float(scaled[1]) == 1.0 and float(scaled[2]).is_integer()
             dtype = np.dtype("u8") if is_int and scaled[2] > 0 else np.dtype("i8") if is_int else np.dtype("f8")
-        columns[name] = dtype
+        columns[name] = np.dtype(bool) if name in logical else dtype
     return CatalogReader(
         path=path,
         format="fits",
@@ -321,6 +332,7 @@ def _fits_reader(
         record_dtype=record_dtype,
         scaling=scaling,
         compressed=compressed,
+        logical=logical,
     )
 
 

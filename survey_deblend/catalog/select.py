@@ -31,6 +31,7 @@ from survey_deblend.catalog.match import (
     ID,
     best_sky_matches,
     check_positions,
+    check_unique_ids,
     id_match_chunk,
     join_by_id,
     sky_match_chunk,
@@ -222,6 +223,7 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
         flow.add(cut.name, count)
     if len(selected) == 0:
         raise EmptySelectionError(f"{shear.path}: every row was cut before the position match", flow)
+    check_unique_ids(selected, shear.path)
     indexer, matched, duplicates = _position_pass(cfg, positions, selected)
     found = indexer >= 0
     flow.gold_duplicate_ids = duplicates
@@ -239,7 +241,9 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
         shear_rows, gold_rows = shear_rows[keep], gold_rows[keep]
         flow.add(cut.name, len(shear_rows))
     if len(shear_rows) == 0:
-        raise EmptySelectionError(f"{shear.path}: every row was cut (none left after the position match)", flow)
+        raise EmptySelectionError(
+            f"{shear.path}: every row was cut (none left after the {cfg.match} match in {positions.path})", flow
+        )
     columns = {}
     for name, dtype in SELECTION_DTYPES.items():  # one gather per column, straight into the output dtype
         source, rows = (
