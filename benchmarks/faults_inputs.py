@@ -108,8 +108,10 @@ def run_subprocess(case: Case, timeout_s: float = 300.0) -> tuple[int, str, str 
     return proc.returncode, proc.stderr, None
 
 
-def run_cases(cases: list[Case], subprocess_all: bool = False) -> list[dict]:
-    """Run and classify every case; one dict per case."""
+def run_cases(
+    cases: list[Case], subprocess_all: bool = False, report: Callable[[dict], None] | None = None
+) -> list[dict]:
+    """Run and classify every case; one dict per case (each also given to ``report`` as it finishes)."""
     results = []
     for case in cases:
         start = time.perf_counter()
@@ -120,6 +122,8 @@ def run_cases(cases: list[Case], subprocess_all: bool = False) -> list[dict]:
             {"cls": case.cls, "case": case.name, "outcome": outcome, "exit": code, "detail": detail,
              "seconds": round(time.perf_counter() - start, 2)}
         )
+        if report is not None:
+            report(results[-1])
     return results
 
 
@@ -153,6 +157,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="catalog and configuration cases only (no run)")
     parser.add_argument("--subprocess", action="store_true", help="every case as its own python -m survey_deblend")
     parser.add_argument("--cases", action="store_true", help="also print one JSON line per case")
+    parser.add_argument("--classes", help="only the case classes starting with this (e.g. run_)")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="faults-inputs-") as tmp:
@@ -164,14 +169,13 @@ def main() -> None:
             client = Client(cluster)
         try:
             cases = build_cases(Path(tmp), args.quick, cluster.scheduler_address if cluster else None)
-            results = run_cases(cases, subprocess_all=args.subprocess)
+            cases = [case for case in cases if case.cls.startswith(args.classes or "")]
+            report = (lambda result: print(json.dumps(result), flush=True)) if args.cases else None
+            results = run_cases(cases, subprocess_all=args.subprocess, report=report)
         finally:
             if client is not None:
                 client.close()
                 cluster.close()
-    if args.cases:
-        for result in results:
-            print(json.dumps(result))
     lines, total = summarize(results)
     for line in lines:
         print(json.dumps(line), flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def write_parquet(path: Path, columns: dict[str, object], row_group_size: int | 
 
 
 def frame_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {name: frame[name].to_numpy() for name in frame.columns}
+    """The frame's columns as numpy arrays (text columns as fixed-width strings, which FITS can hold)."""
+    columns = {name: frame[name].to_numpy() for name in frame.columns}
+    return {name: values.astype(str) if values.dtype == object else values for name, values in columns.items()}
 
 
 def mistyped(values: np.ndarray, kind: str, fmt: str):
@@ -84,7 +87,9 @@ def read_back(path: Path) -> pd.DataFrame:
     """A catalog read by astropy (FITS, gz) or pandas (Parquet): the oracle's own reader."""
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    table = Table.read(path, hdu=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a file missing only its padding reads whole, with a warning
+        table = Table.read(path, hdu=1)
     return pd.DataFrame({n: np.asarray(table[n]).astype(table[n].dtype.newbyteorder("=")) for n in table.colnames
                          if table[n].ndim == 1})
 
