@@ -175,7 +175,7 @@ def _stream_columns(
                     block = np.frombuffer(view, dtype=sub_dtype, count=count)
                     for name in names:
                         handles[name].write(block[name].astype(native[name]).data)
-                while stream.read(1 << 20):  # the rest (padding): gzip checks the stream's length and CRC at its end
+                while stream.read(1 << 16):  # the rest (padding): gzip checks the stream's length and CRC at its end
                     pass
         finally:
             for handle in handles.values():

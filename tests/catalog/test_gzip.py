@@ -127,3 +127,23 @@ def test_an_edited_file_is_spooled_again(tmp_path):
     _gzip(path, gz)
     os.utime(gz, ns=(1, 1))  # another identity even within the same mtime tick
     assert open_catalog(gz).read(["A"])["A"].tolist() == [0, 10, 20, 30, 40]
+
+
+def test_the_streaming_pass_holds_one_block_not_the_file(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from survey_deblend.catalog.synthetic import write_catalogs
+
+    monkeypatch.setattr(gzfits, "BLOCK_ROWS", 500)
+    paths = write_catalogs(tmp_path, n=20_000, seed=2)
+    packed = _gzip(paths.im3shape, tmp_path / "im3shape.fits.gz", level=1)
+    reader = open_catalog(packed)
+    table_bytes = reader.n_rows * reader.record_dtype.itemsize  # 2.6 MB
+    tracemalloc.start()
+    try:
+        spooled = gzfits.spooled_columns(packed, SHEAR_COLUMNS, reader.record_dtype, reader.data_offset, reader.n_rows)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 500 * reader.record_dtype.itemsize < table_bytes / 3, peak  # a few blocks, not the table
+    np.testing.assert_array_equal(spooled["E_1"], open_catalog(paths.im3shape).read(["E_1"])["E_1"].to_numpy())
