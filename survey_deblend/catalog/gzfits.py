@@ -4,7 +4,7 @@ A gzip stream has no random access: reaching row N means decompressing every byt
 row range of a Dask DataFrame from the ``.gz`` would decompress the front of the file once per range
 (quadratic in the number of ranges). Instead, the first read of a set of columns decompresses the file once,
 front to back, through ``gzip.open`` in blocks of ``BLOCK_ROWS`` rows (one reused buffer of
-``BLOCK_ROWS x row bytes``, ~26 MB for a 200-byte row), and keeps only those columns, in native byte order,
+``BLOCK_ROWS x row bytes``, ~17 MB for im3shape's 132-byte row), and keeps only those columns, in native byte order,
 in a spool: one raw file per column in a temporary folder. Row ranges are then memory-mapped slices of
 the spool, as cheap as an uncompressed file. Memory stays one block whatever the file size; the disk holds the
 needed columns only (the ten shear columns are 64 B a row against im3shape's 132 B row); the spool is
