@@ -68,7 +68,7 @@ def apply_cuts(chunk: pd.DataFrame, cuts: list[Cut]) -> tuple[pd.DataFrame, np.n
     keep = np.ones(len(chunk), dtype=bool)
     counts = [len(chunk)]
     for cut in cuts:
-        with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"):  # NaN and huge values fail the comparisons, silently and correctly
             keep &= np.asarray(cut.test(chunk), dtype=bool)
         counts.append(int(keep.sum()))
     return chunk[keep], np.asarray(counts, dtype=np.int64)

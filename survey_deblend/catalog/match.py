@@ -21,15 +21,31 @@ ID = "COADD_OBJECTS_ID"
 
 
 def check_positions(chunk: pd.DataFrame, path: Path | str, ra: str = "RA", dec: str = "DEC") -> None:
-    """Raise InputError naming the file when a position is NaN/inf or outside the sky (row numbers are file rows)."""
+    """Raise InputError naming the file when a position is NaN/inf or outside the sky (row numbers are file rows).
+
+    |DEC| <= 90 and |RA| <= 360 degrees: a larger RA is a unit mistake (radians are within range, arcsec not).
+    """
     ra_values, dec_values = chunk[ra].to_numpy(), chunk[dec].to_numpy()
     with np.errstate(invalid="ignore"):
         bad = ~(np.isfinite(ra_values) & np.isfinite(dec_values) & (np.abs(dec_values) <= 90.0))
+        bad |= np.abs(ra_values) > 360.0
     if bad.any():
-        first = chunk.index[np.argmax(bad)]
+        at = int(np.argmax(bad))
         raise InputError(
-            f"{path}: {int(bad.sum())} rows with NaN or out-of-range {ra}/{dec} (first at row {first}); "
-            "positions must be finite"
+            f"{path}: {int(bad.sum())} rows with NaN or out-of-range {ra}/{dec} (first at row {chunk.index[at]}); "
+            f"positions must be finite degrees with |{dec}| <= 90 and |{ra}| <= 360 "
+            f"(that row: {ra}={float(ra_values[at]):g}, {dec}={float(dec_values[at]):g})"
+        )
+
+
+def check_unique_ids(selected: pd.DataFrame, path: Path | str) -> None:
+    """Raise InputError naming the shear file when a selected COADD_OBJECTS_ID repeats (one output row per galaxy)."""
+    repeated = selected[ID].duplicated(keep=False).to_numpy()
+    if repeated.any():
+        first = selected[ID].to_numpy()[np.argmax(repeated)]
+        raise InputError(
+            f"{path}: column {ID} repeats: {int(repeated.sum())} selected rows share an ID (first {first}); "
+            "each galaxy must appear once"
         )
 
 
@@ -61,6 +77,11 @@ def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])
 
 
+def _chord(radius_arcsec: float) -> float:
+    """Chord length on the unit sphere of an angular radius; any radius beyond 180 deg (inf) covers the sphere."""
+    return 2.0 * np.sin(np.radians(min(radius_arcsec, 648_000.0) / 3600.0) / 2.0)
+
+
 def sky_match_chunk(
     positions: pd.DataFrame, shear_xyz: np.ndarray, radius_arcsec: float, path: Path | str
 ) -> pd.DataFrame:
@@ -75,7 +96,7 @@ def sky_match_chunk(
     if len(positions) == 0 or len(shear_xyz) == 0:
         return empty
     gold_xyz = unit_vectors(positions["RA"].to_numpy(), positions["DEC"].to_numpy())
-    chord = 2.0 * np.sin(np.radians(radius_arcsec / 3600.0) / 2.0)
+    chord = _chord(radius_arcsec)
     low, high = gold_xyz.min(axis=0) - chord, gold_xyz.max(axis=0) + chord
     nearby = np.flatnonzero(np.all((shear_xyz >= low) & (shear_xyz <= high), axis=1))
     if len(nearby) == 0:

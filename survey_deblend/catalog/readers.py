@@ -1,10 +1,13 @@
-"""Readers for the DES SVA1 catalogs (FITS binary tables or Parquet) that read only the needed columns.
+"""Readers for the DES SVA1 catalogs (FITS binary tables, gzip-compressed or not, or Parquet) that read only the
+needed columns.
 
 A catalog is opened once (header or Parquet footer only), its needed columns are checked by name and dtype
 kind against ``schema``, and then rows are read in ranges ``[start, stop)``. FITS tables are read straight
 from the file in blocks with numpy (no astropy table in memory), converting FITS big-endian values to native
-byte order before they reach pandas. ``to_dask`` turns a catalog into a Dask DataFrame over row ranges so a
-catalog larger than memory streams.
+byte order before they reach pandas. A ``.fits.gz`` (the DES release's format) has no random access: its
+needed columns are decompressed once, streaming, into a spool on disk (``gzfits``), and row ranges are read
+from there. ``to_dask`` turns a catalog into a Dask DataFrame over row ranges so a catalog larger than memory
+streams.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from survey_deblend.errors import InputError
 FITS_MAGIC = b"SIMPLE  ="
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
+INT64_MAX = np.iinfo(np.int64).max
 BLOCK_ROWS = 131_072  # rows read per numpy call inside a chunk: bounds the transient memory of one read
 
 
@@ -54,6 +58,8 @@ class CatalogReader:
     record_dtype: np.dtype | None = None  # FITS: the big-endian record layout
     scaling: tuple[tuple[str, float, float], ...] = ()  # FITS: (column, TSCAL, TZERO) for scaled columns
     row_group_starts: tuple[int, ...] = ()  # Parquet: first row of each row group, plus n_rows at the end
+    compressed: bool = False  # FITS inside gzip: rows come from a spool of the needed columns (gzfits)
+    logical: tuple[str, ...] = ()  # FITS: TFORM L columns, stored as bytes 'T'/'F', read as bool
 
     def check_columns(self, required: dict[str, str]) -> None:
         """Raise InputError naming the file and the first missing or wrongly typed column of ``required``."""
@@ -93,12 +99,18 @@ class CatalogReader:
             data = self._read_fits(names, start, stop)
         else:
             data = self._read_parquet(names, start, stop)
+        for name in names:  # an unsigned 64-bit ID beyond int64 would wrap around in the int64 output
+            values = data[name]
+            if values.dtype.kind == "u" and values.dtype.itemsize == 8 and len(values) and values.max() > INT64_MAX:
+                raise InputError(f"{self.path}: column {name} holds values beyond the int64 range (max {values.max()})")
         frame = pd.DataFrame(data, columns=names, copy=False)
         frame.index = pd.RangeIndex(start, stop)
         return frame
 
     def _read_fits(self, names: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
         assert self.record_dtype is not None
+        if self.compressed:
+            return self._read_spooled(names, start, stop)
         n = stop - start
         raw_dtypes = {name: self.record_dtype.fields[name][0] for name in names}
         out = {name: np.empty(n, dtype=raw_dtypes[name].newbyteorder("=")) for name in names}
@@ -124,9 +136,25 @@ class CatalogReader:
                         out[name][lo : lo + count] = block[name]
         except OSError as exc:
             raise InputError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        return self._scaled(out)
+
+    def _read_spooled(self, names: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
+        from survey_deblend.catalog.gzfits import spooled_columns
+
+        assert self.record_dtype is not None
+        if stop <= start:
+            return self._scaled({n: np.empty(0, self.record_dtype.fields[n][0].newbyteorder("=")) for n in names})
+        spooled = spooled_columns(self.path, names, self.record_dtype, self.data_offset, self.n_rows)
+        out = {name: np.array(spooled[name][start:stop]) for name in names}
+        return self._scaled(out)
+
+    def _scaled(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, scale, zero in self.scaling:
             if name in out:
                 out[name] = _apply_scaling(out[name], scale, zero, self.columns[name])
+        for name in self.logical:
+            if name in out:
+                out[name] = out[name] == ord("T")
         return out
 
     def _read_parquet(self, names: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -156,6 +184,8 @@ class CatalogReader:
 
         ranges = self.chunk_ranges(chunk_rows)
         meta = self.read(names, 0, 0)
+        if self.compressed and self.n_rows:  # one streaming pass now, in this process; the ranges then read the spool
+            self.read(names, 0, 1)
         return dd.from_map(
             _RangeRead(self, tuple(names)),
             ranges,
@@ -202,17 +232,16 @@ def open_catalog(path: str | Path, role: str = "catalog") -> CatalogReader:
     if magic.startswith(PARQUET_MAGIC):
         return _open_parquet(path)
     if magic.startswith(GZIP_MAGIC):
-        raise InputError(f"{path}: compressed file; gunzip it first so the {role} can be streamed")
+        return _open_gzip_fits(path, role)
     raise InputError(f"{path}: not a FITS or Parquet file ({role})")
 
 
-def _fits_layout(hdul, path: Path) -> tuple[int, int, np.dtype, int, tuple[tuple[str, float, float], ...]]:
-    """(rows, row bytes, big-endian record dtype, data offset, scaled columns) of the table in HDU 1."""
+def _fits_layout(hdu, path: Path) -> tuple[int, int, np.dtype, tuple[tuple[str, float, float], ...], tuple[str, ...]]:
+    """(rows, row bytes, big-endian record dtype, scaled columns, logical columns) of the binary table ``hdu``."""
     from astropy.io import fits
 
-    if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
+    if not isinstance(hdu, fits.BinTableHDU):
         raise InputError(f"{path}: HDU 1 is not a binary table")
-    hdu = hdul[1]
     native = hdu.columns.dtype  # astropy reports native byte order; FITS tables are big-endian
     record_dtype = np.dtype(
         {
@@ -227,8 +256,8 @@ def _fits_layout(hdul, path: Path) -> tuple[int, int, np.dtype, int, tuple[tuple
         for c in hdu.columns
         if c.bscale not in (None, 1) or c.bzero not in (None, 0)
     )
-    header = hdu.header
-    return int(header["NAXIS2"]), int(header["NAXIS1"]), record_dtype, int(hdu.fileinfo()["datLoc"]), scaling
+    logical = tuple(c.name for c in hdu.columns if str(c.format).strip().upper() in ("L", "1L"))
+    return int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]), record_dtype, scaling, logical
 
 
 def _open_fits(path: Path) -> CatalogReader:
@@ -238,15 +267,53 @@ def _open_fits(path: Path) -> CatalogReader:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a truncated file is reported below, as an InputError
             with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-                n_rows, row_bytes, record_dtype, data_offset, scaling = _fits_layout(hdul, path)
+                if len(hdul) < 2:
+                    raise InputError(f"{path}: HDU 1 is not a binary table (the file has no extension)")
+                layout = _fits_layout(hdul[1], path)
+                data_offset = int(hdul[1].fileinfo()["datLoc"])
     except InputError:
         raise
     except Exception as exc:  # astropy raises many kinds for corrupt headers
         raise InputError(f"{path}: cannot read as FITS ({type(exc).__name__}: {exc})") from None
-    if record_dtype.itemsize != row_bytes:
-        raise InputError(f"{path}: unsupported FITS table layout (row size {row_bytes} bytes)")
+    n_rows, row_bytes = layout[0], layout[1]
     if data_offset + n_rows * row_bytes > path.stat().st_size:
         raise InputError(f"{path}: file is truncated (header says {n_rows} rows)")
+    return _fits_reader(path, *layout, data_offset)
+
+
+def _open_gzip_fits(path: Path, role: str) -> CatalogReader:
+    """A gzip-compressed FITS table: headers read now (a few kB decompressed), rows spooled on first read.
+
+    Truncation shows only when the stream ends early, i.e. at the first read, as an InputError naming the file.
+    """
+    from survey_deblend.catalog.gzfits import read_table_header, table_hdu
+
+    header, data_offset = read_table_header(path)
+    if header.get("XTENSION", "").strip() != "BINTABLE":
+        raise InputError(f"{path}: HDU 1 is not a binary table ({role})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layout = (int(header["NAXIS2"]), *_fits_layout(table_hdu(header), path)[1:])
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read as FITS ({type(exc).__name__}: {exc})") from None
+    return _fits_reader(path, *layout, data_offset, compressed=True)
+
+
+def _fits_reader(
+    path: Path,
+    n_rows: int,
+    row_bytes: int,
+    record_dtype: np.dtype,
+    scaling: tuple[tuple[str, float, float], ...],
+    logical: tuple[str, ...],
+    data_offset: int,
+    compressed: bool = False,
+) -> CatalogReader:
+    if record_dtype.itemsize != row_bytes:
+        raise InputError(f"{path}: unsupported FITS table layout (row size {row_bytes} bytes)")
     columns = {}
     for name in record_dtype.names:
         dtype = record_dtype.fields[name][0]
@@ -255,7 +322,7 @@ def _open_fits(path: Path) -> CatalogReader:
             # TZERO-offset unsigned integers stay integers; other scalings become floats
             is_int = float(scaled[1]) == 1.0 and float(scaled[2]).is_integer()
             dtype = np.dtype("u8") if is_int and scaled[2] > 0 else np.dtype("i8") if is_int else np.dtype("f8")
-        columns[name] = dtype
+        columns[name] = np.dtype(bool) if name in logical else dtype
     return CatalogReader(
         path=path,
         format="fits",
@@ -264,6 +331,8 @@ def _open_fits(path: Path) -> CatalogReader:
         data_offset=data_offset,
         record_dtype=record_dtype,
         scaling=scaling,
+        compressed=compressed,
+        logical=logical,
     )
 
 

@@ -31,12 +31,14 @@ from survey_deblend.catalog.match import (
     ID,
     best_sky_matches,
     check_positions,
+    check_unique_ids,
     id_match_chunk,
     join_by_id,
     sky_match_chunk,
     unit_vectors,
 )
 from survey_deblend.catalog.readers import CatalogReader, open_catalog
+from survey_deblend.catalog.release import resolve_release_files
 from survey_deblend.catalog.schema import GOLD_COLUMNS, IM3SHAPE_COLUMNS, WLINFO_COLUMNS
 from survey_deblend.config.catalog import CatalogConfig
 from survey_deblend.errors import ConfigError, InputError
@@ -193,6 +195,7 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
     Raises InputError/ConfigError for unusable inputs and EmptySelectionError (carrying the cut flow) when
     every row is cut.
     """
+    cfg = resolve_release_files(cfg)  # --catalog sva1_gold_r1.0_im3shape.fits.gz alone finds the gold file beside it
     shear, positions, shear_positions = _open_inputs(cfg)
     flow = CutFlow(
         notes={
@@ -209,6 +212,7 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
         flow.add(cut.name, count)
     if len(selected) == 0:
         raise EmptySelectionError(f"{shear.path}: every row was cut before the position match", flow)
+    check_unique_ids(selected, shear.path)
     indexer, matched, duplicates = _position_pass(cfg, positions, selected)
     found = indexer >= 0
     flow.gold_duplicate_ids = duplicates
@@ -226,7 +230,9 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
         shear_rows, gold_rows = shear_rows[keep], gold_rows[keep]
         flow.add(cut.name, len(shear_rows))
     if len(shear_rows) == 0:
-        raise EmptySelectionError(f"{shear.path}: every row was cut (none left after the position match)", flow)
+        raise EmptySelectionError(
+            f"{shear.path}: every row was cut (none left after the {cfg.match} match in {positions.path})", flow
+        )
     columns = {}
     for name, dtype in SELECTION_DTYPES.items():  # one gather per column, straight into the output dtype
         source, rows = (

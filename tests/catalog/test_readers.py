@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,13 +62,6 @@ def test_not_fits_is_named(tmp_path):
     path = tmp_path / "notes.fits"
     path.write_text("COADD_OBJECTS_ID,RA,DEC\n1,2,3\n")
     with pytest.raises(InputError, match=r"notes\.fits: not a FITS or Parquet file"):
-        open_catalog(path)
-
-
-def test_gzipped_fits_asks_to_gunzip(random_catalogs, tmp_path):
-    path = tmp_path / "im3shape.fits.gz"
-    path.write_bytes(gzip.compress(random_catalogs.im3shape.read_bytes()[:20000]))
-    with pytest.raises(InputError, match="gunzip it first"):
         open_catalog(path)
 
 
