@@ -22,7 +22,6 @@ from survey_deblend.schema import (  # noqa: F401  (the names are re-exported: `
     USABLE,
 )
 
-
 # Worst first: a row with no usable band names the worst failure among its bands (the most systematic one).
 SEVERITY = (ERROR_OFF_HOST, ERROR_CONNECTION, ERROR_HTTP, ERROR_TIMEOUT, ERROR_BAD_FITS, ERROR_WRONG_SIZE, ERROR_NAN)
 # Bands whose failure the model does not survive. Measured on a DES-like field (191 galaxies, i SNR > 15, the
