@@ -120,7 +120,7 @@ def write_field(
     """Tiles ``{name}_r0001p01_{band}.fits`` at ``centres``; ``missing`` (tile index, band) pairs are skipped.
 
     Names default to ``DES{i:04d}-5000``; keyword arguments go to ``tile_wcs`` (scale, rotation, flip) and
-    ``write_tile`` (compress, noise).
+    ``write_tile`` (compress, noise, magzero, layout).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
