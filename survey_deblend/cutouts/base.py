@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from survey_deblend.cutouts import status as st
+from survey_deblend.cutouts.choice import TileChoice
 from survey_deblend.surveys import PhotometricFrame
 
 STATUS_WIDTH = 24  # characters of the status array's dtype
@@ -112,5 +113,14 @@ class CutoutSource(ABC):
         """A string per position; rows sharing a key are cheapest to fetch together (one read serves them)."""
 
     @abstractmethod
-    def fetch(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> CutoutBatch:
-        """Stamps of ``size_pix`` pixels at the source's pixel scale, north up, west right; never raises for a row."""
+    def plan(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> TileChoice:
+        """The tile of each band for every row, chosen once (on the planner); ``TileChoice.keys`` are the
+        locality keys and ``TileChoice.take(rows)`` one partition's share, cheap to ship with its task."""
+
+    @abstractmethod
+    def fetch(
+        self, ra: np.ndarray, dec: np.ndarray, size_pix: int, choice: TileChoice | None = None
+    ) -> CutoutBatch:
+        """Stamps of ``size_pix`` pixels at the source's pixel scale, north up, west right; never raises for a row.
+
+        ``choice`` is the planner's tile choice for these rows (None: the source chooses here)."""
