@@ -166,7 +166,7 @@ def build_manifest(cfg: LsstSimConfig, shards: list[ShardInfo], fields: dict[str
             "psf": psf_description(cfg.psf_model),
             "psf_fwhm_arcsec": {f.band: f.psf_fwhm_arcsec for f in facts},
             "sky_sigma": {f.band: f.sky_sigma for f in facts},
-            "units": "electrons, full exposure" if survey == "LSST" else "coadd units at zeropoint 30",
+            "units": f"coadd units at zeropoint {zeropoints[0]:g}" if zeropoints else "electrons, full exposure",
         }
 
     manifest: dict[str, Any] = {

@@ -11,10 +11,10 @@ import pytest
 
 from survey_deblend.catalog import EmptySelectionError, select_galaxies
 from survey_deblend.catalog.schema import UNMEASURED
-from survey_deblend.catalog.select import SELECTION_DTYPES
 from survey_deblend.catalog.synthetic import write_frames
 from survey_deblend.config.catalog import CatalogConfig, CutsConfig
 from survey_deblend.errors import ConfigError, InputError
+from survey_deblend.schema import SELECTION_DTYPES
 
 DEFAULT_STEPS = [
     "rows in",
@@ -97,6 +97,9 @@ def test_output_columns_values_and_dtypes(clean_frames, tmp_path):
     np.testing.assert_array_equal(table["e1_im3shape"], im3["E_1"])
     np.testing.assert_array_equal(table["nbc_c2"], im3["NBC_C2"])
     np.testing.assert_allclose(table["snr_w"], im3["SNR_W"].astype(np.float32), rtol=0)
+    np.testing.assert_array_equal(table["psf_e1"], im3["MEAN_PSF_E1"])  # im3shape's MEAN_PSF_* carried through
+    np.testing.assert_array_equal(table["psf_e2"], im3["MEAN_PSF_E2"])
+    np.testing.assert_allclose(table["psf_fwhm"], im3["MEAN_PSF_FWHM"].astype(np.float32), rtol=0)
     np.testing.assert_array_equal(table["ra"], gold["RA"])
     np.testing.assert_array_equal(table["dec"], gold["DEC"])
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from survey_deblend.schema import OUTPUT_COLUMNS, OUTPUT_NAMES, USABLE
 from survey_deblend.sim.field import TRUTH_COLUMNS, TRUTH_ID
 
 N_GALAXIES = 400
@@ -51,6 +52,11 @@ def make_run_table(n: int = N_GALAXIES, seed: int = 7) -> tuple[pd.DataFrame, pd
         "run_id": "run-test",
     })
     table.loc[np.isin(status, ["error_http", "no_coverage"]), ["e1_recon", "e2_recon"]] = np.nan
+    table["bands_used"] = np.where(np.isin(status, list(USABLE)), "grizY", None)
+    for column in OUTPUT_COLUMNS:  # the rest of the output schema, null as in a run without those heads
+        if column.name not in table:
+            table[column.name] = np.full(n, np.nan) if column.dtype == "float64" else None
+    table = table[list(OUTPUT_NAMES)]
     truth = pd.DataFrame({  # the columns a simulated field's truth.parquet has (sim.field.TRUTH_COLUMNS)
         TRUTH_ID: ids,
         TRUTH_COLUMNS["e1_true"]: e_true[:, 0],
