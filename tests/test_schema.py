@@ -97,9 +97,6 @@ def test_stamp_frames_of_the_simulations():
     np.testing.assert_allclose(flux, 10 ** (-0.4 * (22.0 - des.zeropoints[1])), rtol=1e-12)
 
 
-# Files whose DES band tuple / pixel scale literals another change of this wave removes (cutouts engineer).
-
-
 @pytest.mark.parametrize("pattern", [r'\("g", "r", "i", "z", "Y"\)', r"0\.2637", r"\bPREDICTION_COLUMNS = ",
                                      r'\["ok", "padded"\]', r"SourceFrame", r"\bOUTPUT_SCHEMA\b"])
 def test_each_fact_is_typed_once(pattern):
