@@ -113,3 +113,27 @@ def test_config_hash_follows_the_hashed_metadata():
             assert moved == (is_hashed(section) and is_hashed(f)), f"{section.name}.{f.name}"
             checked += 1
     assert checked > 15
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("output.partition_rows=0", "output: partition_rows must be at least 1, got 0"),
+        ("model.batch_size=0", "model: batch_size must be at least 1, got 0"),
+        ("model.stamp_size_pix=-3", "model: stamp_size_pix must be at least 3"),
+        ("model.device=tpu", "model: device must be cpu, cuda, cuda:N, mps or null, got 'tpu'"),
+        ("catalog.cuts.snr_w_min=[1", "override 'catalog.cuts.snr_w_min=[1': the value is not valid YAML"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_load(override, message):
+    """Found by the bad-input fuzz: these failed inside partitions (or with a traceback) instead of at the edge."""
+    with pytest.raises(ConfigError) as info:
+        load(RunConfig, None, [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_binary_configuration_file_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  batch_size: 8  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load(RunConfig, path)

@@ -166,7 +166,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a configuration is a YAML text file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
@@ -192,7 +194,10 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
             if not isinstance(child, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override '{item}': the value is not valid YAML (quote it to keep it text)") from None
     return data
 
 

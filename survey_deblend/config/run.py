@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,14 @@ class ModelConfig:
     # Decode and measure the reconstruction with HSM (e1_recon, e2_recon); about 10 ms a galaxy on one CPU core.
     # False leaves those two columns null and runs several times faster.
     measure_recon: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.stamp_size_pix is not None and self.stamp_size_pix < 3:
+            raise ValueError(f"stamp_size_pix must be at least 3 pixels (or null), got {self.stamp_size_pix}")
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise ValueError(f"device must be cpu, cuda, cuda:N, mps or null, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,10 @@ class OutputConfig:
     partition_rows: int = 2000
     overwrite: bool = field(default=False, metadata=NOT_HASHED)
     progress: bool = field(default=True, metadata=NOT_HASHED)
+
+    def __post_init__(self) -> None:
+        if self.partition_rows < 1:
+            raise ValueError(f"partition_rows must be at least 1, got {self.partition_rows}")
 
 
 @dataclass(frozen=True)

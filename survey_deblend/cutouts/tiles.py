@@ -134,7 +134,8 @@ def read_tile_info(path: str | Path) -> TileInfo:
         try:
             wcs = WCS(header)
         except Exception as exc:  # astropy raises several types for broken WCS keywords
-            raise InputError(f"{path}: invalid WCS in HDU {index} ({exc})") from None
+            reason = " ".join(str(exc).split())  # WCSLIB explains over several lines: one line for the user
+            raise InputError(f"{path}: invalid WCS in HDU {index} ({reason})") from None
     if not wcs.has_celestial:
         raise InputError(f"{path}: no celestial WCS (CTYPE1/CTYPE2) in HDU {index}")
     match = _TILE_FILE.match(path.name)
