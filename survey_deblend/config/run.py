@@ -46,7 +46,8 @@ class ClusterConfig:
     threads_per_worker: int | None = None
     memory_limit: str = "auto"  # per worker of a local cluster
     dashboard_address: str = ":8787"
-    jobqueue_config: Path | None = None  # cluster/slurm.yaml or cluster/pbs.yaml
+    # a dask-jobqueue YAML (e.g. cluster/slurm.yaml) merged into dask.config; None: ~/.config/dask as it is
+    jobqueue_config: Path | None = None
     jobs: int = 1
     connect_timeout_s: float = 30.0
     wait_for_workers_s: float = 600.0  # a batch queue may take a while to start the first worker
