@@ -76,7 +76,7 @@ def test_border_mad_is_robust_to_a_neighbour_on_the_border():
     assert sigma.shape == (200, 2) and np.all(sigma[:, 1] == 0)
     assert np.median(sigma[100:, 0]) == pytest.approx(5.0, rel=0.03)
     assert np.median(sigma[:100, 0]) == pytest.approx(5.0, rel=0.12)  # a plain std: x4 (below)
-    assert np.std(images[:100, 0, :3]) > 20
+    assert np.std(images[:100, 0, :, :3]) > 20
 
 
 def test_weight_map_noise():
