@@ -118,3 +118,27 @@ def test_paired_shear_bias_recovers_m_and_c_and_their_errors():
     assert cal["n_pairs"] == n_pairs
     e[5] = np.nan  # drops pair 2 whole
     assert paired_shear_bias(e, g, pair_id, R)["n_pairs"] == n_pairs - 1
+
+
+def test_the_shipped_network_runs_once_on_the_five_images(tmp_path):
+    """The phase-2 path in small: LSST paired stamps -> metacal -> Predictor.predict on 5N stamps -> R."""
+    from survey_deblend.calibration import sim_psf_model
+    from survey_deblend.inference import Predictor
+    from survey_deblend.sim.dataset import open_dataset
+    from survey_deblend.sim.lsst import make_lsst_dataset
+
+    ds = open_dataset(make_lsst_dataset(tmp_path / "p", n=16, seed=2, kind="paired"))
+    blend = ds.read("blend", slice(None))
+    predictor = Predictor.from_checkpoint(device="cpu")
+    calls = []
+
+    def shapes(stack, mask):
+        calls.append(len(stack))
+        frame = predictor.predict(stack, "ugrizy", 0.2, band_mask=mask, measure_recon=False)
+        return frame["e1_pred"].to_numpy(), frame["e2_pred"].to_numpy()
+
+    res = metacal_response(blend, sim_psf_model("LSST", tuple("ugrizy"), 16), 0.2, shapes, seed=5)
+    assert calls == [80] and res.R.shape == (16, 2, 2) and np.all(np.isfinite(res.R))
+    assert 0.2 < np.mean(res.R[:, [0, 1], [0, 1]]) < 2.0  # the network does respond to shear
+    again = metacal_response(blend, sim_psf_model("LSST", tuple("ugrizy"), 16), 0.2, shapes, seed=5)
+    np.testing.assert_array_equal(again.R, res.R)  # seeded: reproducible
