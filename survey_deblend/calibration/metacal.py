@@ -234,7 +234,9 @@ def metacal_images(
     with torch.inference_mode():
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
-            idx = torch.as_tensor(which[sl], device=device)
+            rows = which[sl]
+            shared = bool(np.all(rows == rows[:1]))  # e.g. simulations: one PSF per band, no gather
+            idx = torch.as_tensor(rows[:1] if shared else rows, device=device)
             fields = _to_tensor(images[sl], device)
             if fixnoise:
                 if noise is not None:
