@@ -84,3 +84,15 @@ def test_weight_map_noise():
     w[1, 1] = 0.0
     w[0, 1, :2] = 0.0  # masked pixels do not count
     np.testing.assert_allclose(weight_noise_sigma(w), [[2.0, 2.0], [2.0, 0.0]])
+
+
+def test_seeded_noise_follows_the_galaxy_not_the_batch():
+    from survey_deblend.calibration import seeded_noise
+
+    ids = np.array([3_000_000_007, 12, 5])
+    sigma = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 0.0]])
+    whole = seeded_noise(ids, sigma, 35, seed=1)
+    part = seeded_noise(ids[1:], sigma[1:], 35, seed=1)
+    np.testing.assert_array_equal(whole[1:], part)
+    assert np.all(whole[2, 1] == 0) and whole[0, 1].std() == pytest.approx(2.0, rel=0.1)
+    assert not np.array_equal(seeded_noise(ids, sigma, 35, seed=2), whole)
