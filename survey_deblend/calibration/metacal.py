@@ -8,12 +8,12 @@ pixel), as ngmix's metacal does with GalSim's ``InterpolatedImage``, ``Deconvolv
 How, in one pass per batch (no loop over galaxies):
 
 - The stamp is read as a band-limited image (sinc interpolation: GalSim's ``InterpolatedImage`` with a wide
-  Lanczos kernel), zero-padded to an FFT grid with its centre pixel at the origin.
+  Lanczos kernel), zero-padded on an FFT grid, coordinates measured from its centre pixel.
 - Shearing evaluates the image's transform at ``S k`` (``S`` the shear matrix). ``S k`` is off the FFT grid, so
-  the transform there is expanded in ``d = S k - k`` to ``order`` (default 2) from the transforms of the
+  the transform there is expanded in ``d = S k - k`` to ``order`` (default 1) from the transforms of the
   stamp times the monomials ``x^a y^b``: ``I(S k) = sum (-i)^(a+b) d_x^a d_y^b / (a! b!) FT(x^a y^b I)(k)``.
   |d . x| <= |delta| |k| |x| is small, every shear reuses the same few FFTs, and the first-order term (what
-  the response measures) is exact.
+  the response measures) is exact; the neglected second order is symmetric in +-delta and cancels in R.
 - The PSF and target are evaluated exactly at ``S k`` and ``k`` (tabulated radial transforms); where the
   PSF's transform is zero the output is zero. The kernel is ``T(k) Pix(k) / (P(S k) Pix(S k))``, at most 1.
 - "fixnoise" (Sheldon & Huff 2017): a noise field of the stamp's level, rotated by 90 degrees, put through the
