@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lsst.add_argument("--out", type=Path, required=True, help="output folder (manifest.json + shards)")
     lsst.add_argument("--n", type=int, help="number of samples (a multiple of 8 for --kind ring)")
     lsst.add_argument("--seed", type=int, help="random seed (output depends only on it, not on --workers)")
-    lsst.add_argument("--kind", choices=("blends", "ring"), help="blends (training) or ring (shear response)")
+    lsst.add_argument("--kind", choices=("blends", "ring", "paired"),
+                      help="blends (training), ring or paired (+g/-g sharing galaxies and noise; shear response)")
+    lsst.add_argument("--shear", type=float, dest="ring_shear", help="the constant shear of ring and paired sets")
     lsst.add_argument("--workers", type=int, help="worker processes (shards are generated in parallel)")
     lsst.add_argument("--shard-size", type=int, help="samples per shard")
     lsst.add_argument("--des-pairs", action="store_true", default=None, help="also render each scene as DES")
@@ -31,8 +33,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     field.add_argument("--tile-size", type=int, dest="tile_size_pix", help="tile side in pixels")
     field.add_argument("--seed", type=int, help="random seed")
     field.add_argument("--density", type=float, dest="density_per_arcmin2", help="galaxies per square arcmin")
+    field.add_argument("--shear", type=_shear_pair, metavar="G1,G2",
+                       help="one constant shear on the whole field (a paired test: the same seed with -G1,-G2)")
     _common(field)
     field.set_defaults(func=_run_field)
+
+
+def _shear_pair(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected G1,G2 (two numbers), got {text!r}")
+    return values
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +65,7 @@ def _load(args: argparse.Namespace, section: str, names: tuple[str, ...]):
 def _run_lsst(args: argparse.Namespace) -> int:
     from survey_deblend.sim.lsst import make_lsst_dataset
 
-    cfg = _load(args, "lsst", ("n", "seed", "kind", "workers", "shard_size", "des_pairs"))
+    cfg = _load(args, "lsst", ("n", "seed", "kind", "workers", "shard_size", "des_pairs", "ring_shear"))
     start = time.perf_counter()
     out = make_lsst_dataset(args.out, config=cfg)
     seconds = time.perf_counter() - start
@@ -67,7 +81,7 @@ def _run_field(args: argparse.Namespace) -> int:
 
     from survey_deblend.sim.field import make_des_field
 
-    cfg = _load(args, "field", ("n_tiles", "tile_size_pix", "seed", "density_per_arcmin2"))
+    cfg = _load(args, "field", ("n_tiles", "tile_size_pix", "seed", "density_per_arcmin2", "shear"))
     start = time.perf_counter()
     paths = make_des_field(args.out, config=cfg)
     truth = pd.read_parquet(paths.truth, columns=["snr_r"])

@@ -8,6 +8,7 @@ from typing import Literal
 from survey_deblend.errors import ConfigError
 
 RING_VARIANTS = 8  # 2 orientations (0, 90 deg) x 4 applied shears (+g1, -g1, +g2, -g2) per base scene
+SHEAR_KINDS = ("ring", "paired")  # sets made of RING_VARIANTS variants per base scene under one constant shear
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class LsstSimConfig:
 
     n: int = 1000
     seed: int = 0
-    kind: Literal["blends", "ring"] = "blends"
+    kind: Literal["blends", "ring", "paired"] = "blends"
     shard_size: int = 1000
     workers: int = 1
     des_pairs: bool = False  # also render every scene as DES would see it (pixel scale, PSFs, depth, grizY)
@@ -30,7 +31,7 @@ class LsstSimConfig:
     max_neighbours: int = 3
     min_separation_arcsec: float = 0.5
     centre_jitter_pix: float = 0.5  # the central sits within +-this of the stamp centre, in pixels
-    ring_shear: float = 0.02
+    ring_shear: float = 0.02  # the constant shear of ring and paired sets (``simulate lsst --shear``)
 
     def __post_init__(self) -> None:
         checks = [
@@ -45,8 +46,9 @@ class LsstSimConfig:
             (0 <= self.centre_jitter_pix <= 2, "centre_jitter_pix", "must be in [0, 2]"),
             (0 < self.ring_shear < 0.2, "ring_shear", "must be in (0, 0.2)"),
         ]
-        if self.kind == "ring":
-            checks.append((self.n % RING_VARIANTS == 0, "n", f"must be a multiple of {RING_VARIANTS} for a ring set"))
+        if self.kind in SHEAR_KINDS:
+            multiple = f"must be a multiple of {RING_VARIANTS} for a {self.kind} set"
+            checks.append((self.n % RING_VARIANTS == 0, "n", multiple))
         for ok, key, message in checks:
             if not ok:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: {message}")
@@ -70,6 +72,7 @@ class FieldSimConfig:
     unmeasured_fraction: float = 0.03  # catalog rows im3shape "failed" on (-9999 row), beyond the faint ones
     error_flag_fraction: float = 0.03
     info_flag_fraction: float = 0.08
+    shear: tuple[float, float] | None = None  # one (g1, g2) on the whole field, positions too; None: per galaxy
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +83,9 @@ class FieldSimConfig:
             (self.mag_min < self.mag_max, "mag_max", "must exceed mag_min"),
             (-85 < self.dec_center_deg < 85, "dec_center_deg", "must be in (-85, 85)"),
         ]
+        if self.shear is not None:
+            ok = len(self.shear) == 2 and float(self.shear[0]) ** 2 + float(self.shear[1]) ** 2 < 0.2**2
+            checks.append((ok, "shear", "must be two numbers g1, g2 with |g| < 0.2"))
         for name in ("unmeasured_fraction", "error_flag_fraction", "info_flag_fraction"):
             checks.append((0 <= getattr(self, name) < 1, name, "must be in [0, 1)"))
         for ok, key, message in checks:

@@ -5,7 +5,10 @@ Tiles are stacked north-south with ``overlap_pix`` shared rows (default a tenth 
 overlap; galaxies are drawn uniformly over the footprint at ``density_per_arcmin2`` (so blends occur) from
 the population of ``sim.population`` (per-galaxy shear), rendered with the same Fourier renderer as the LSST
 stamps at the DES pixel scale with DES PSFs, and the DES full-depth sky noise (Gaussian, sky only) is added
-per tile and band. A galaxy in an overlap is drawn into both tiles. Tile names follow the DES pattern from
+per tile and band. A galaxy in an overlap is drawn into both tiles. With ``shear = (g1, g2)`` one constant
+shear acts on the whole field instead of a shear per galaxy: every galaxy's shape, and the positions about the
+field centre (GalSim's shear matrix, +x West), so two fields made with the same seed and opposite shears differ
+only in the sign of the shear (a paired shear test through the real ``run``). Tile names follow the DES pattern from
 the tile centre (``DES0530-5000_r0001p01_g.fits``); when two small tiles would round to one name, the later
 one's declination minutes are bumped so names stay unique.
 """
@@ -135,6 +138,12 @@ def draw_field_galaxies(cfg: FieldSimConfig) -> tuple[Population, np.ndarray, np
     centre = (cfg.tile_size_pix + 1) / 2 - 1
     px = centre + rng.uniform(-half_w, half_w, n)
     py = centre + rng.uniform(-half_h, half_h, n)
+    if cfg.shear is not None:
+        g1, g2 = (float(g) for g in cfg.shear)
+        norm = 1.0 / np.sqrt(1.0 - g1**2 - g2**2)
+        dx, dy = px - centre, py - centre
+        px, py = centre + norm * ((1 + g1) * dx + g2 * dy), centre + norm * (g2 * dx + (1 - g1) * dy)
+        pop = pop.with_(g1_shear=np.full(n, g1), g2_shear=np.full(n, g2))
     ra, dec = field_wcs(cfg).all_pix2world(px, py, 0) if n else (np.empty(0), np.empty(0))
     return pop, np.asarray(ra), np.asarray(dec)
 

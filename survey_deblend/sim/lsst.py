@@ -5,9 +5,11 @@ same noise realisation, so ``blend - isolated`` is exactly the neighbours' light
 alone, no noise), and truth ``e1, e2`` (PSF-free label after shear), ``z``, ``mag_i``, ``mag`` (ugrizy),
 ``snr`` (the central's optimal i-band SNR against the sky), ``n_neighbours``, ``blendedness`` (i band,
 ``1 - <c, c> / <c, scene>`` on noiseless images), ``g1_shear, g2_shear, e1_intrinsic, e2_intrinsic``.
-Ring sets add ``pair_id, g1_applied, g2_applied``. With ``des_pairs`` the same scenes are also rendered as
-DES sees them: ``des_blend, des_isolated, des_clean`` (grizY at the DES pixel scale, PSFs and depth, coadd
-units at zeropoint 30), ``des_snr`` and ``des_mag`` (grizY).
+Ring sets add ``pair_id, g1_applied, g2_applied``. Paired sets (``kind="paired"``) are ring sets whose 8 variants
+of a base scene also share its noise realisation (rotated with the scene), so that +g and -g differ only by
+the shear: the shape noise and most pixel noise cancel in ``<e>(+g) - <e>(-g)``. With ``des_pairs`` the same
+scenes are also rendered as DES sees them: ``des_blend, des_isolated, des_clean`` (grizY at the DES pixel scale,
+PSFs and depth, coadd units at zeropoint 30), ``des_snr`` and ``des_mag`` (grizY).
 
 Noise: Gaussian, variance = the surveycodex mean sky level per pixel (sky only; sources add no Poisson term),
 10-year depth for LSST, full depth for DES.
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from survey_deblend.config.sim import LsstSimConfig
+from survey_deblend.config.sim import SHEAR_KINDS, LsstSimConfig
 from survey_deblend.errors import SurveyDeblendError
 from survey_deblend.sim.dataset import MANIFEST_NAME, ShardInfo, field_specs, shard_name, write_manifest, write_shard
 from survey_deblend.sim.psf import psf_description
@@ -62,8 +64,13 @@ class Rendered:
     blendedness: float
 
 
-def render_scene(renderer: StampRenderer, scene: Scene, noise_rng: np.random.Generator) -> Rendered:
-    """Render one scene: central and neighbours in one pass (one inverse FFT per band for each group)."""
+def render_scene(
+    renderer: StampRenderer, scene: Scene, noise_rng: np.random.Generator, noise_rot90: int = 0
+) -> Rendered:
+    """Render one scene: central and neighbours in one pass (one inverse FFT per band for each group).
+
+    ``noise_rot90``: turn the noise field by that many 90-degree steps counter-clockwise (+x West to +y North),
+    as a paired set turns the scene."""
     pop = scene.population
     shapes = pop.shapes(scene.x, scene.y)
     flux = pop.flux(renderer.survey, renderer.bands)
@@ -75,7 +82,10 @@ def render_scene(renderer: StampRenderer, scene: Scene, noise_rng: np.random.Gen
     else:
         clean = scene_img = renderer.images(transforms, flux)
     sigma = renderer.sky_sigma
-    noise = noise_rng.standard_normal(clean.shape, dtype=np.float32) * sigma.astype(np.float32)[:, None, None]
+    noise = noise_rng.standard_normal(clean.shape, dtype=np.float32)
+    if noise_rot90:  # array [y, x]: counter-clockwise in the sky frame is k = -1 in numpy's (y, x) sense
+        noise = np.ascontiguousarray(np.rot90(noise, -noise_rot90, axes=(-2, -1)))
+    noise *= sigma.astype(np.float32)[:, None, None]
     i = renderer.bands.index("i")
     snr = float(np.sqrt(np.sum(clean[i] ** 2)) / sigma[i])
     overlap = float(np.sum(clean[i] * scene_img[i]))
@@ -98,7 +108,7 @@ class _ShardBuffers:
         dtypes = dict(TRUTH_DTYPES)
         if cfg.des_pairs:
             dtypes["des_snr"] = "float32"
-        if cfg.kind == "ring":
+        if cfg.kind in SHEAR_KINDS:
             dtypes.update(RING_DTYPES)
         for name, dtype in dtypes.items():
             self.arrays[name] = np.empty(n, dtype=dtype)
@@ -125,7 +135,7 @@ class _ShardBuffers:
             a["des_blend"][j], a["des_isolated"][j], a["des_clean"][j] = des.blend, des.isolated, des.clean
             truth["des_snr"] = des.snr
             a["des_mag"][j] = pop.mag_des[0]
-        if self.cfg.kind == "ring":
+        if self.cfg.kind in SHEAR_KINDS:
             truth.update(pair_id=scene.pair_id, g1_applied=scene.g1_applied, g2_applied=scene.g2_applied)
         for name, value in truth.items():
             a[name][j] = value
@@ -139,9 +149,12 @@ def generate_samples(cfg: LsstSimConfig, start: int, n: int) -> dict[str, np.nda
     for j in range(n):
         index = start + j
         scene = draw_scene(cfg, index, lsst.scale)
-        noise_rng = sample_rng(cfg.seed, index, 1)
-        lsst_img = render_scene(lsst, scene, noise_rng)
-        des_img = render_scene(des, scene, noise_rng) if des is not None else None
+        if cfg.kind == "paired":  # one noise field per base scene, turned with the scene (variant % 2)
+            noise_rng, turn = sample_rng(cfg.seed, scene.pair_id, 1), index % 2
+        else:
+            noise_rng, turn = sample_rng(cfg.seed, index, 1), 0
+        lsst_img = render_scene(lsst, scene, noise_rng, turn)
+        des_img = render_scene(des, scene, noise_rng, turn) if des is not None else None
         buffers.fill(j, scene, lsst_img, des_img)
     return buffers.arrays
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from survey_deblend.config.sim import RING_VARIANTS, LsstSimConfig
+from survey_deblend.config.sim import RING_VARIANTS, SHEAR_KINDS, LsstSimConfig
 from survey_deblend.shapes import rotate_ellipticity
 from survey_deblend.sim.population import Population, draw_population
 
@@ -75,8 +75,8 @@ def ring_variant(base: Scene, variant: int, shear: float, pair_id: int) -> Scene
 
 
 def draw_scene(cfg: LsstSimConfig, index: int, pixel_scale_arcsec: float) -> Scene:
-    """The scene of sample ``index`` of a data set with ``cfg`` (blends, or ring variants of base scenes)."""
-    if cfg.kind == "ring":
+    """The scene of sample ``index`` of a data set with ``cfg`` (blends, or ring/paired variants of base scenes)."""
+    if cfg.kind in SHEAR_KINDS:
         pair_id, variant = divmod(index, RING_VARIANTS)
         base = draw_blend_scene(sample_rng(cfg.seed, pair_id), cfg, pixel_scale_arcsec)
         return ring_variant(base, variant, cfg.ring_shear, pair_id)

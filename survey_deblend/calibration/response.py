@@ -1,0 +1,154 @@
+"""Shear response of a shape estimator measured on metacalibration images, and calibrated ensemble shear.
+
+``R_ij = [e_i(+delta_j) - e_i(-delta_j)] / (2 delta)`` per galaxy from the four sheared images; the shapes are
+those of the unsheared reconvolved image; the ensemble shear is ``<R>^-1 <e>`` (Huff & Mandelbaum 2017,
+Sheldon & Huff 2017). The estimator is any callable ``shapes(images, band_mask) -> (e1, e2)`` that takes a
+stack of stamps: the network runs once over the 5N metacal images of a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from survey_deblend.calibration.metacal import DEFAULT_DELTA, SHEAR_TYPES, metacal_images
+from survey_deblend.calibration.noise import border_noise_sigma
+from survey_deblend.calibration.psf import PSFModel
+from survey_deblend.errors import InputError
+
+ShapesFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class MetacalResult:
+    """Per galaxy: shapes on the unsheared reconvolved image, the response matrix, and all five shapes.
+
+    Rows whose PSF was unusable (``ok`` False) are NaN."""
+
+    e1: np.ndarray  # (N,)
+    e2: np.ndarray  # (N,)
+    R: np.ndarray  # (N, 2, 2): R[:, i, j] = d e_i / d g_j
+    sheared: np.ndarray  # (5, N, 2) shapes on each image of SHEAR_TYPES
+    ok: np.ndarray  # (N,) bool
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """The Parquet columns of DESIGN.md: ``r11, r12, r21, r22`` (and the noshear shapes)."""
+        return {"e1_mcal": self.e1, "e2_mcal": self.e2, "r11": self.R[:, 0, 0], "r12": self.R[:, 0, 1],
+                "r21": self.R[:, 1, 0], "r22": self.R[:, 1, 1]}  # fmt: skip
+
+
+def response_matrix(sheared: np.ndarray, delta: float = DEFAULT_DELTA) -> np.ndarray:
+    """``R (N, 2, 2)`` from shapes ``(5, N, 2)`` on the images of SHEAR_TYPES (central finite differences)."""
+    e = np.asarray(sheared, dtype=np.float64)
+    plus, minus = e[[1, 3]], e[[2, 4]]  # (2 = j, N, 2 = i)
+    return ((plus - minus) / (2.0 * delta)).transpose(1, 2, 0)
+
+
+def metacal_response(
+    images: np.ndarray,
+    psf: PSFModel,
+    pixel_scale: float,
+    shapes: ShapesFn,
+    band_mask: np.ndarray | None = None,
+    noise_sigma: np.ndarray | None = None,
+    delta: float = DEFAULT_DELTA,
+    fixnoise: bool = True,
+    seed: int = 0,
+    noise: np.ndarray | None = None,
+    order: int = 2,
+    device: str | torch.device | None = None,
+    batch: int = 1024,
+) -> MetacalResult:
+    """Metacalibrate stamps ``(N, B, S, S)`` (model or source frame, sky-subtracted) and run ``shapes`` on the
+    five images of each batch of ``batch`` galaxies in one call (5 x batch stamps, grouped by image type).
+
+    ``noise_sigma`` (N, B) defaults to the border MAD of each stamp (``calibration.noise``); absent bands
+    (``band_mask`` False) get no noise and stay zero."""
+    images = np.asarray(images, dtype=np.float32)
+    n, b = images.shape[:2]
+    mask = np.ones((n, b), dtype=bool) if band_mask is None else np.asarray(band_mask, dtype=bool)
+    if mask.shape != (n, b):
+        raise InputError(f"band_mask: expected shape ({n}, {b}), got {mask.shape}")
+    if noise_sigma is None:
+        noise_sigma = border_noise_sigma(images)
+    noise_sigma = np.where(mask, np.asarray(noise_sigma, dtype=np.float64), 0.0)
+    ok = np.all(psf.usable | ~mask, axis=1)
+    sheared = np.full((len(SHEAR_TYPES), n, 2), np.nan)
+    for start in range(0, n, batch):
+        sl = slice(start, min(start + batch, n))
+        mc = metacal_images(
+            images[sl], psf.subset(sl), pixel_scale, noise_sigma[sl], delta=delta, fixnoise=fixnoise,
+            seed=seed + start, noise=None if noise is None else noise[sl], order=order, device=device,
+        )  # fmt: skip
+        k = sl.stop - sl.start
+        stack = mc.reshape(len(SHEAR_TYPES) * k, *mc.shape[2:]).cpu().numpy()
+        e1, e2 = shapes(stack, np.tile(mask[sl], (len(SHEAR_TYPES), 1)))
+        sheared[:, sl, 0] = np.asarray(e1, dtype=np.float64).reshape(len(SHEAR_TYPES), k)
+        sheared[:, sl, 1] = np.asarray(e2, dtype=np.float64).reshape(len(SHEAR_TYPES), k)
+    sheared[:, ~ok] = np.nan
+    return MetacalResult(sheared[0, :, 0], sheared[0, :, 1], response_matrix(sheared, delta), sheared, ok)
+
+
+def ensemble_shear(
+    e: np.ndarray, R: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(<R>^-1 <e>, <R>)`` over the rows where ``e`` (N, 2) and ``R`` (N, 2, 2) are finite."""
+    e, R = np.asarray(e, dtype=np.float64), np.asarray(R, dtype=np.float64)
+    good = np.all(np.isfinite(e), axis=1) & np.all(np.isfinite(R), axis=(1, 2))
+    w = np.ones(len(e)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = np.where(good, w, 0.0)
+    if w.sum() <= 0:
+        return np.full(2, np.nan), np.full((2, 2), np.nan)
+    e_mean = np.einsum("n,ni->i", w, np.where(good[:, None], e, 0.0)) / w.sum()
+    r_mean = np.einsum("n,nij->ij", w, np.where(good[:, None, None], R, 0.0)) / w.sum()
+    return np.linalg.solve(r_mean, e_mean), r_mean
+
+
+def _paired_estimate(e: np.ndarray, R: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``(m1, m2, c1, c2)`` from shapes, responses and applied shears of balanced +g/-g sets."""
+    r_inv = np.linalg.inv(R.mean(axis=0))
+    out = np.full(4, np.nan)
+    m = np.zeros(2)
+    for j in range(2):
+        plus, minus = g[:, j] > 0, g[:, j] < 0
+        if plus.any() and minus.any():
+            diff = r_inv @ (e[plus].mean(axis=0) - e[minus].mean(axis=0))
+            m[j] = diff[j] / (g[plus, j].mean() - g[minus, j].mean()) - 1.0
+            out[j] = m[j]
+    out[2:] = r_inv @ e.mean(axis=0) - (1.0 + m) * g.mean(axis=0)
+    return out
+
+
+def paired_shear_bias(
+    e: np.ndarray, g_applied: np.ndarray, pair_id: np.ndarray, R: np.ndarray | None = None, n_blocks: int = 100
+) -> dict[str, float]:
+    """m and c of a paired shear test: sets that differ only in the sign of one constant shear.
+
+    ``e`` (n, 2) shapes, ``g_applied`` (n, 2), ``pair_id`` (n,) groups the stamps made from one base scene
+    (kept or dropped together), ``R`` (n, 2, 2) per-stamp responses (None: raw, R = 1). ``m_j = (g_hat_j(+) -
+    g_hat_j(-)) / (2 g) - 1`` with ``g_hat = <R>^-1 <e>`` and ``<R>`` over all stamps; ``c`` from the mean of
+    all stamps (the applied shears cancel). Errors: delete-one-block jackknife over pair ids."""
+    e, g = np.asarray(e, dtype=np.float64), np.asarray(g_applied, dtype=np.float64)
+    pair_id = np.asarray(pair_id)
+    R = np.broadcast_to(np.eye(2), (len(e), 2, 2)) if R is None else np.asarray(R, dtype=np.float64)
+    bad_pairs = np.unique(pair_id[~(np.all(np.isfinite(e), 1) & np.all(np.isfinite(R), (1, 2)))])
+    keep = ~np.isin(pair_id, bad_pairs)  # a pair with one failed member is dropped whole (no selection bias)
+    e, g, R, pair_id = e[keep], g[keep], R[keep], pair_id[keep]
+    full = _paired_estimate(e, R, g)
+    _, rank = np.unique(pair_id, return_inverse=True)
+    k = int(min(n_blocks, rank.max() + 1)) if len(rank) else 0
+    block = rank * k // (rank.max() + 1) if k else rank
+    err = np.full(4, np.nan)
+    if k > 1:
+        jack = np.array([_paired_estimate(e[block != i], R[block != i], g[block != i]) for i in range(k)])
+        err = np.sqrt((k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0))
+    names = ("m1", "m2", "c1", "c2")
+    result = {name: float(v) for name, v in zip(names, full, strict=True)}
+    result.update({f"{name}_err": float(v) for name, v in zip(names, err, strict=True)})
+    result["n_pairs"] = int(len(np.unique(pair_id)))
+    result["R_mean"] = R.mean(axis=0).tolist() if len(R) else [[np.nan] * 2] * 2
+    return result
