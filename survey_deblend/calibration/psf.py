@@ -160,7 +160,8 @@ def im3shape_psf_model(
 
     im3shape measures them in r; the other bands get the r FWHM scaled by the survey's per-band FWHM ratio and
     the same ellipticity (an approximation: real PSF ellipticity varies a little with band). im3shape writes
-    the FWHM in pixels (``fwhm_unit="pixel"``; ``pixel_scale_arcsec`` None: the DES pixel scale) and e in the shear convention of DESIGN.md.
+    the FWHM in pixels (``fwhm_unit="pixel"``; ``pixel_scale_arcsec`` None: the DES pixel scale) and e in the
+    shear convention of DESIGN.md.
     -9999 or NaN entries make the row unusable (``PSFModel.usable``)."""
     fwhm, e1, e2 = (np.asarray(a, dtype=np.float64) for a in (fwhm, e1, e2))
     bad = ~np.isfinite(fwhm) | (fwhm <= -9998) | (e1 <= -9998) | (e2 <= -9998)
