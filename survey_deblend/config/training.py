@@ -49,6 +49,30 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class FlowStageConfig:
+    """The flow head (``survey-deblend train flow``): optimisation, ``models.flow.FlowArchitecture``, files.
+
+    It trains on the frozen deblender latents of ``checkpoint`` (None: ``output``, the trained model) and writes
+    that checkpoint plus the flow to ``flow.output`` (None: back to the same file).
+    """
+
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    mask_draws: int = 4  # band-dropout realisations of the training latents (encoded once, then cycled)
+    context_dim: int = 16
+    embed_hidden: int = 64
+    transforms: int = 3
+    z_transforms: int = 2
+    bins: int = 8
+    hidden: tuple[int, ...] = (32, 32)
+    samples: int = 32
+    checkpoint: Path | None = None
+    output: Path | None = None
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Everything ``train`` needs; loaded from ``pipelines/train_lsst.yaml`` plus ``--set`` overrides."""
 
@@ -57,6 +81,7 @@ class TrainingConfig:
     vae: StageConfig = field(default_factory=StageConfig)
     deblender: StageConfig = field(default_factory=lambda: StageConfig(latent_weight=0.1))
     regressor: StageConfig = field(default_factory=lambda: StageConfig(epochs=20, lr=2e-3))
+    flow: FlowStageConfig = field(default_factory=FlowStageConfig)
     work_dir: Path = Path("train-work")  # per-stage state files (resume) and best weights
     output: Path = Path("survey_deblend/weights/deblender.pt")
     seed: int = 0
