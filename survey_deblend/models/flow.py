@@ -85,7 +85,7 @@ def conformal_to_shear(eta: torch.Tensor) -> torch.Tensor:
     s = eta.norm(dim=-1, keepdim=True)
     small = s < 1e-4
     safe = torch.where(small, torch.ones_like(s), s)
-    ratio = torch.where(small, 0.5 - s**2 / 24.0, torch.tanh(safe / 2.0) / safe)
+    ratio = torch.where(small, 0.5 - s**2 / 24.0, torch.tanh(safe / 2.0).clamp(max=_MAX_E) / safe)
     return eta * ratio
 
 
