@@ -56,11 +56,11 @@ class FlowStageConfig:
     that checkpoint plus the flow to ``flow.output`` (None: back to the same file).
     """
 
-    epochs: int = 30
-    batch_size: int = 512
-    lr: float = 2e-3
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 3e-3
     weight_decay: float = 0.0
-    mask_draws: int = 4  # band-dropout realisations of the training latents (encoded once, then cycled)
+    mask_draws: int = 2  # band-dropout realisations of the training latents (encoded once, then cycled)
     context_dim: int = 16
     embed_hidden: int = 64
     transforms: int = 3

@@ -123,15 +123,15 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
     stage_dir = Path(cfg.work_dir) / "flow"
     stage_dir.mkdir(parents=True, exist_ok=True)
     draws = max(1, int(cfg.flow.mask_draws))
-    latent_key = config_fingerprint({"data": data_key, "upstream": upstream, "draws": draws})
+    latent_key = config_fingerprint({"data": data_key, "upstream": upstream})
     t0 = time.perf_counter()
 
-    def make_train() -> Latents:
+    def make_draw(k: int):  # one band-mask realisation of the training split, cached on its own
         idx = data.train_idx
-        return Latents.concat([encode_split(encoder, norm, data, idx, _dropout_masks(cfg, len(idx), n_bands, k),
-                                            device) for k in range(draws)])
+        return lambda: encode_split(encoder, norm, data, idx, _dropout_masks(cfg, len(idx), n_bands, k), device)
 
-    train = _cached_latents(stage_dir / f"latents-train-{latent_key}.npz", make_train)
+    train = Latents.concat([_cached_latents(stage_dir / f"latents-train{k}-{latent_key}.npz", make_draw(k))
+                            for k in range(draws)])
     val = _cached_latents(stage_dir / f"latents-val-{latent_key}.npz", lambda: encode_split(
         encoder, norm, data, data.val_idx, _dropout_masks(cfg, len(data.val_idx), n_bands, 10**6), device))
     if cfg.progress:
