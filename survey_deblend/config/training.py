@@ -67,7 +67,7 @@ class FlowStageConfig:
     z_transforms: int = 2
     bins: int = 8
     hidden: tuple[int, ...] = (32, 32)
-    samples: int = 32
+    samples: int = 16
     checkpoint: Path | None = None
     output: Path | None = None
 
