@@ -53,7 +53,9 @@ class FlowStageConfig:
     """The flow head (``survey-deblend train flow``): optimisation, ``models.flow.FlowArchitecture``, files.
 
     It trains on the frozen deblender latents of ``checkpoint`` (None: ``output``, the trained model) and writes
-    that checkpoint plus the flow to ``flow.output`` (None: back to the same file).
+    that checkpoint plus the flow to ``flow.output`` (None: back to the same file). ``data`` (None: the top-level
+    ``data``) should be scenes the encoder never saw: on its own training scenes the latent is sharper than on
+    new ones, and a posterior fitted there is too narrow elsewhere.
     """
 
     epochs: int = 20
@@ -70,6 +72,7 @@ class FlowStageConfig:
     samples: int = 16
     checkpoint: Path | None = None
     output: Path | None = None
+    data: DataConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,9 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
     source = Path(cfg.flow.checkpoint or cfg.output)
     target = Path(cfg.flow.output or source)
     checkpoint = load_checkpoint(source)
-    ensure_dataset(cfg)
-    data = TrainingData.open(cfg.data.path, cfg.data.val_fraction, cfg.seed, cfg.data.max_samples)
+    data_cfg = cfg.flow.data or cfg.data
+    ensure_dataset(dataclasses.replace(cfg, data=data_cfg))
+    data = TrainingData.open(data_cfg.path, data_cfg.val_fraction, cfg.seed, data_cfg.max_samples)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     meta = checkpoint.metadata
     encoder = checkpoint.build("deblender").to(device)
@@ -116,8 +117,9 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
     norm = Normalizer(np.asarray(meta["m_b"]), float(meta["beta"])).to(device)
     n_bands = len(meta["bands"])
     upstream = _state_hash(checkpoint.state["deblender"])
-    settings = {k: v for k, v in dataclasses.asdict(cfg.flow).items() if k not in ("epochs", "checkpoint", "output")}
-    data_key = {"path": str(cfg.data.path), "val_fraction": cfg.data.val_fraction, "max_samples": cfg.data.max_samples,
+    settings = {k: v for k, v in dataclasses.asdict(cfg.flow).items()
+                if k not in ("epochs", "checkpoint", "output", "data")}
+    data_key = {"path": str(data_cfg.path), "val_fraction": data_cfg.val_fraction, "max_samples": data_cfg.max_samples,
                 "seed": cfg.seed, "band_dropout": cfg.band_dropout, "u_dropout": cfg.u_dropout}
     fingerprint = config_fingerprint({"stage": "flow", "flow": settings, "data": data_key, "upstream": upstream})
     stage_dir = Path(cfg.work_dir) / "flow"

@@ -16,10 +16,11 @@ from survey_deblend.training.flow import train_flow
 
 
 def _config(data: Path, ckpt: Path, work: Path, epochs: int) -> TrainingConfig:
-    return TrainingConfig(
-        data=DataConfig(path=data, val_fraction=0.25, max_samples=400),
+    return TrainingConfig(  # the flow's own data set (scenes the encoder never saw) overrides the top-level one
+        data=DataConfig(path=work / "not-this-one"),
         flow=FlowStageConfig(epochs=epochs, batch_size=128, lr=3e-3, mask_draws=2, transforms=2, hidden=(16, 16),
-                             samples=16, checkpoint=ckpt, output=work / "with_flow.pt"),
+                             samples=16, checkpoint=ckpt, output=work / "with_flow.pt",
+                             data=DataConfig(path=data, val_fraction=0.25, max_samples=400)),
         work_dir=work, output=work / "unused.pt", progress=False, num_threads=2,
     )
 
@@ -48,6 +49,7 @@ def test_checkpoint_carries_the_flow_with_its_metadata(trained, untrained_checkp
     flow = payload["metadata"]["flow"]
     assert flow["architecture"]["transforms"] == 2 and flow["architecture"]["hidden"] == [16, 16]
     assert flow["training"]["best_epoch"] == extended.best_epoch and flow["training"]["mask_draws"] == 2
+    assert flow["training_data"]["n_samples"] == 400 and flow["training"]["settings"]["data"]["max_samples"] == 400
     figures = flow["metrics"]["all_bands"]
     for key in ("rmse_e", "roundness_sample", "coverage_e_68", "coverage_e_95", "coverage_z_68", "z_sigma_nmad",
                 "rmse_e_regressor"):
