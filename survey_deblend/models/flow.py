@@ -18,6 +18,9 @@ pass per transform); the z flow is one-dimensional (its inverse is one pass too)
 Posterior summaries (``summarize``) use K draws per galaxy, vectorised: a scrambled Sobol set of K base points
 shared by all galaxies (low-variance means and spreads), plus one draw per galaxy whose base point comes from a
 counter-based hash of the galaxy's id, so a re-run reproduces it whatever the batch it falls in.
+
+Use (the Predictor): ``head = checkpoint.build("flow")`` once when ``checkpoint.has_flow``, then per batch
+``head.summarize(latent_mean, band_mask, galaxy_ids)``; its keys are DESIGN.md's output column names.
 """
 
 from __future__ import annotations
