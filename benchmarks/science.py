@@ -5,6 +5,11 @@ Keys (issue 5): ``rmse_e``, ``rmse_hsm_isolated``, ``rmse_hsm_blended``, ``fit_m
 two components. The figures come from ``survey_deblend.evaluation.simulated.evaluate_simulated`` (the same
 code the evaluation stage reports with).
 
+With a flow head in the checkpoint (issue 13; ``"head": "flow"``), ``rmse_e``, ``z_sigma_nmad`` and ``z_outliers``
+are the flow's (posterior mean, posterior median), the Gaussian regressor's move to ``*_gaussian``, and
+``roundness_sample``, ``coverage_e_68``, ``coverage_e_95``, ``coverage_z_68``, ``flow_images_per_s`` (encoder plus
+flow with its sampling, on normalized stamps, CPU, 2 threads) are added; without one they are null.
+
     python benchmarks/science.py --data work/lsst-heldout --ring work/lsst-ring [--checkpoint PATH] [--quick]
 
 Without ``--data``/``--ring`` (or when they are missing) small held-out sets are simulated into ``--work``.
@@ -81,7 +86,60 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "quick": bool(args.quick),
     }
+    line.update(flow_keys(result, predictor, data, args.quick))
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in line.items()}))
+
+
+FLOW_KEYS = ("roundness_sample", "coverage_e_68", "coverage_e_95", "coverage_z_68", "coverage_z_95", "e_pull_rms")
+
+
+def flow_keys(result: dict, predictor, data: Path, quick: bool) -> dict:
+    """The issue-13 keys: the flow's figures (regressor's kept as ``*_gaussian``) and its throughput."""
+    post = result.get("posterior")
+    if post is None:
+        return {"head": "gaussian", **{k: None for k in (*FLOW_KEYS, "flow_images_per_s")}}
+    rows = {row["estimator"]: row for row in result["table"]}
+    mean_row = rows["flow: posterior mean"]
+    out = {"head": "flow", "rmse_e_gaussian": rows["model"]["rmse"], "roundness_gaussian": rows["model"]["roundness"],
+           "z_sigma_nmad_gaussian": result["redshift"]["sigma_nmad"],
+           "z_outliers_gaussian": result["redshift"]["outlier_fraction"],
+           "rmse_e": post["rmse_e"], "roundness": post["roundness"], "z_sigma_nmad": post["z_sigma_nmad"],
+           "z_outliers": post["z_outliers"], "fit_m": _worse(mean_row["m1"], mean_row["m2"]),
+           "fit_c": _worse(mean_row["c1"], mean_row["c2"])}
+    if post.get("ring"):
+        ring = post["ring"]["flow: posterior mean"]
+        out.update({"ring_m": _worse(ring["m1"], ring["m2"]), "ring_c": _worse(ring["c1"], ring["c2"]),
+                    "ring_m_err": max(ring["m1_err"], ring["m2_err"])})
+    out.update({k: post[k] for k in FLOW_KEYS})
+    out["flow_images_per_s"] = flow_images_per_s(predictor, data, 1024 if quick else 8192)
+    return out
+
+
+def flow_images_per_s(predictor, data: Path, n: int, repeats: int = 3) -> float:
+    """Encoder + flow summaries (K draws per galaxy and the id-seeded draw) on normalized stamps, best of repeats."""
+    from survey_deblend.evaluation.posterior import flow_head
+    from survey_deblend.sim.dataset import open_dataset
+
+    head = flow_head(predictor)
+    ds = open_dataset(data)
+    idx = np.arange(min(n, len(ds)))
+    normed, mask = predictor.prepare(ds.read("blend", idx), tuple(ds.manifest["bands"]),
+                                     float(ds.manifest["pixel_scale_arcsec"]))
+    reps = -(-n // len(idx))
+    normed, mask = np.concatenate([normed] * reps)[:n], np.concatenate([mask] * reps)[:n]
+    ids = np.arange(n, dtype=np.int64)
+
+    def run() -> None:
+        latent, _, _ = predictor.encode_normalized(normed, mask)
+        head.summarize(latent, mask, ids)
+
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return n / best
 
 
 if __name__ == "__main__":

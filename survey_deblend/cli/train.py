@@ -6,14 +6,14 @@ import argparse
 
 from survey_deblend.cli.options import add_config_options
 
-STAGES = ("vae", "deblender", "regressor", "all")
+STAGES = ("vae", "deblender", "regressor", "all", "flow")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command."""
     parser = subparsers.add_parser(
         "train",
-        help="train the VAE, the deblender, the regressor, or all three",
+        help="train the VAE, the deblender, the regressor, all three, or the flow head",
         description="Train on a simulated LSST data set. Each stage keeps a state file per epoch under "
         "work_dir and resumes from it; 'all' runs the three stages and writes the final checkpoint.",
     )
@@ -31,6 +31,10 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load(TrainingConfig, args.config, args.overrides)
     if args.stage == "all":
         results = stages.train_all(cfg)
+    elif args.stage == "flow":  # the posterior head on a trained checkpoint (training/flow.py)
+        from survey_deblend.training.flow import train_flow
+
+        results = {"flow": train_flow(cfg)}
     else:
         results = {args.stage: getattr(stages, f"train_{args.stage}")(cfg)}
     for name, result in results.items():
@@ -40,4 +44,6 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if "regressor" in results:
         print(f"checkpoint: {cfg.output}")
+    if "flow" in results:
+        print(f"checkpoint: {cfg.flow.output or cfg.flow.checkpoint or cfg.output}")
     return 0

@@ -66,6 +66,35 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class FlowStageConfig:
+    """The flow head (``survey-deblend train flow``): optimisation, ``models.flow.FlowArchitecture``, files.
+
+    It trains on the frozen deblender latents of ``checkpoint`` (None: ``output``, the trained model) and writes
+    that checkpoint plus the flow to ``flow.output`` (None: back to the same file). ``data`` (None: the top-level
+    ``data``) should be scenes the encoder never saw: on its own training scenes the latent is sharper than on
+    new ones, and a posterior fitted there is too narrow elsewhere.
+    """
+
+    seed_stream: int = 9  # the flow stage's random stream (training.loop.epoch_rng)
+    grad_clip_norm: float = 10.0
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    mask_draws: int = 2  # band-dropout realisations of the training latents (encoded once, then cycled)
+    context_dim: int = 16
+    embed_hidden: int = 64
+    transforms: int = 3
+    z_transforms: int = 2
+    bins: int = 8
+    hidden: tuple[int, ...] = (32, 32)
+    samples: int = 16
+    checkpoint: Path | None = None
+    output: Path | None = None
+    data: DataConfig | None = None
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Everything ``train`` needs; loaded from ``pipelines/train_lsst.yaml`` plus ``--set`` overrides."""
 
@@ -77,6 +106,7 @@ class TrainingConfig:
     regressor: StageConfig = field(
         default_factory=lambda: StageConfig(seed_stream=3, init_seed=3, epochs=20, lr=2e-3)
     )
+    flow: FlowStageConfig = field(default_factory=FlowStageConfig)
     work_dir: Path = Path("train-work")  # per-stage state files (resume) and best weights
     output: Path = field(default=Path("survey_deblend/weights/deblender.pt"), metadata=NOT_HASHED)
     seed: int = 0

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-__all__ = ["e_distribution", "gallery", "pred_vs_ref", "residual_hist", "residuals_vs_snr"]
+__all__ = ["calibration_histograms", "coverage_curve", "e_distribution", "gallery", "pred_vs_ref", "residual_hist",
+           "residuals_vs_snr"]
 
 E_LABEL = "(shear convention, dimensionless)"
 DPI = 90
@@ -165,4 +166,51 @@ def gallery(columns: dict[str, np.ndarray], path: Path, band_name: str, pixel_sc
             if i == n - 1:
                 ax.set_xlabel("x [arcsec] (west right)")
     fig.suptitle(f"{band_name} band, flux units of the data set, arcsinh stretch shared along each row")
+    return _save(fig, path)
+
+
+def calibration_histograms(stats: dict[str, np.ndarray], path: Path, bins: int = 20) -> Path:
+    """Rank / PIT histograms of the posterior: flat when calibrated, U-shaped when too narrow, domed when too wide.
+
+    ``stats``: ``e_hpd_level`` (posterior mass of the (e1, e2) highest-density region reaching the truth),
+    ``e1_rank``, ``e2_rank`` (fraction of draws below the truth) and ``z_pit`` (posterior CDF at the truth).
+    """
+    panels = [("e_hpd_level", "(e1, e2): HPD level of the truth"), ("e1_rank", "e1: rank of the truth"),
+              ("e2_rank", "e2: rank of the truth"), ("z_pit", "z: PIT")]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="tight")
+    edges = np.linspace(0, 1, bins + 1)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        values = np.asarray(stats.get(key, []), dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size:
+            ax.hist(values, bins=edges, density=True, histtype="stepfilled", alpha=0.6)
+            sigma = np.sqrt(bins / values.size)  # Poisson scatter of a flat histogram, in density units
+            ax.axhspan(1 - sigma, 1 + sigma, color="grey", alpha=0.25, label="flat ± 1 sigma")
+        ax.axhline(1.0, color="k", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("level (0-1)")
+        ax.set_ylabel("density")
+        ax.set_title(f"{title} (N = {values.size})", fontsize=9)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def coverage_curve(stats: dict[str, np.ndarray], path: Path) -> Path:
+    """Empirical against nominal coverage of the credible regions of (e1, e2) (HPD) and z (central intervals)."""
+    levels = np.linspace(0.0, 1.0, 101)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), layout="tight")
+    hpd = np.asarray(stats.get("e_hpd_level", []), dtype=np.float64)
+    pit = np.asarray(stats.get("z_pit", []), dtype=np.float64)
+    pit = pit[np.isfinite(pit)]
+    if hpd.size:
+        ax.plot(levels, [np.mean(hpd <= p) for p in levels], label="(e1, e2) highest-density regions")
+    if pit.size:
+        ax.plot(levels, [np.mean(np.abs(pit - 0.5) <= p / 2) for p in levels], label="z central intervals")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    for p in (0.68, 0.95):
+        ax.axvline(p, color="grey", lw=0.6)
+    ax.set_xlabel("nominal credibility")
+    ax.set_ylabel("fraction of truths inside")
+    ax.set_title("Coverage of the posterior credible regions")
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -60,6 +60,11 @@ def write_simulated_report(result: dict, arrays: dict, out_dir: Path) -> Path:
                                            "model", "truth")))
     samples = {"truth": (e1t, e2t)}
     samples.update({name: arrays["shapes"][key] for name, key in _FILE_KEYS.items()})
+    posterior = arrays.get("posterior")
+    if posterior is not None:
+        summary = posterior["summary"]
+        samples["flow: posterior mean"] = (summary["e1_pred"], summary["e2_pred"])
+        samples["flow: posterior draw"] = (summary["e1_sample"], summary["e2_sample"])
     figures.append(("|e| distributions", plots.e_distribution(samples, out_dir / "e_modulus.png")))
     gallery = arrays.get("gallery") or {}
     if gallery and len(gallery.get("blend", [])):
@@ -68,10 +73,38 @@ def write_simulated_report(result: dict, arrays: dict, out_dir: Path) -> Path:
     sections = [Section("Model-stage figures", tables=[simulated_table(result)], paragraphs=[
         f"Model {result.get('model')}; ring set: {result.get('ring_dataset') or 'none'}."]),
         Section("Figures", figures=figures)]
+    if posterior is not None:
+        sections.append(posterior_section(result["posterior"], posterior["calibration"], out_dir))
     metrics = dict(result)
-    metrics["figures"] = [p.name for _, p in figures]
+    metrics["figures"] = [p.name for section in sections for _, p in section.figures]
     write_outputs(out_dir, "survey-deblend evaluation on simulated data", sections, metrics)
     return out_dir
+
+
+POSTERIOR_COLUMNS = ["figure", "value", "goal"]
+_POSTERIOR_ROWS = [("roundness_sample", "roundness of one posterior draw per galaxy", "1.00 ± 0.01"),
+                   ("roundness", "roundness of the posterior mean", ""),
+                   ("coverage_e_68", "(e1, e2) 68 % HPD region coverage", "0.68 ± 0.02"),
+                   ("coverage_e_95", "(e1, e2) 95 % HPD region coverage", "0.95 ± 0.02"),
+                   ("coverage_z_68", "z 16th-84th percentile coverage", "0.68 ± 0.02"),
+                   ("coverage_z_95", "z 2.5th-97.5th percentile coverage", "0.95 ± 0.02"),
+                   ("rmse_e", "RMSE of the posterior mean e", "<= 0.100"),
+                   ("e_pull_rms", "RMS of (mean - truth) / e_sigma_pred", "1"),
+                   ("z_sigma_nmad", "z sigma_NMAD of the posterior median", "<= 0.03"),
+                   ("z_outliers", "z outliers (|dz|/(1+z) > 0.15)", "< 0.05")]
+
+
+def posterior_section(figures: dict, calibration: dict, out_dir: Path) -> Section:
+    """The flow head's calibration: the figures of issue 13 with their goals, rank/PIT histograms, coverage."""
+    rows = [[label, fmt(figures.get(key), 3), goal] for key, label, goal in _POSTERIOR_ROWS]
+    table = Table("Posterior (flow head) on the same galaxies", POSTERIOR_COLUMNS, rows,
+                  f"Summaries from {figures.get('n_samples_summary')} Sobol draws per galaxy; calibration from "
+                  f"{figures.get('n_samples_calibration')} random draws per galaxy.")
+    plotted = [("rank / PIT histograms of the truth under the posterior",
+                plots.calibration_histograms(calibration, out_dir / "posterior_rank_pit.png")),
+               ("coverage of the credible regions",
+                plots.coverage_curve(calibration, out_dir / "posterior_coverage.png"))]
+    return Section("Posterior calibration (flow head)", tables=[table], figures=plotted)
 
 
 def format_simulated(result: dict) -> str:

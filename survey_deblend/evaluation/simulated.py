@@ -172,13 +172,14 @@ def _ring(predictor, ring_dataset, snr_min: float, band: str, batch_size: int, m
 
 def evaluate_simulated(predictor, dataset, ring_dataset=None, snr_min: float = 20, max_samples: int | None = None,
                        band: str = "i", batch_size: int = 256, prefix: str = "", bootstrap: int = 200,
-                       out_dir: str | Path | None = None, n_gallery: int = 4) -> dict:
+                       out_dir: str | Path | None = None, n_gallery: int = 4, flow: bool | None = None) -> dict:
     """The model-stage figures of ``predictor`` on a held-out ``dataset`` (and ``ring_dataset``), as one table.
 
     ``dataset``/``ring_dataset``: ``SimDataset`` objects or folders; ``prefix="des_"`` evaluates the paired DES
     renders (domain shift). Samples with truth SNR below ``snr_min`` are left out (ring sets: whole scenes).
     Returns a dict with ``table`` (one row per estimator), ``reconstruction``, ``redshift`` and ``ring``; with
     ``out_dir`` the plots, ``report.md``, ``report.html`` and ``metrics.json`` are written there too.
+    ``flow`` (None: when the checkpoint carries a flow head) adds the posterior rows and ``posterior`` figures.
     """
     from survey_deblend.sim.dataset import open_dataset
 
@@ -215,17 +216,57 @@ def evaluate_simulated(predictor, dataset, ring_dataset=None, snr_min: float = 2
         if name == "HSM on blend":
             row.update({"ssim": recon["ssim_blend"], "cosine": recon["cosine_blend"]})
         table.append(row)
+    posterior = _posterior(predictor, ds, idx, frame, prefix, batch_size, bootstrap, ring_dataset, snr_min,
+                           max_samples, flow)
+    if posterior is not None:
+        table.extend(posterior.pop("table"))
     result = {
         "dataset": str(ds.path), "ring_dataset": None if ring_dataset is None else str(getattr(
             ring_dataset, "path", ring_dataset)), "model": getattr(predictor, "model_id", None),
         "n_total": len(ds), "n_used": int(idx.size), "snr_min": snr_min, "band": band, "frame": frame["survey"],
         "table": table, "reconstruction": recon, "redshift": redshift, "ring": ring,
     }
+    if posterior is not None:
+        result["posterior"] = posterior["figures"]
     if out_dir is not None:
         from survey_deblend.evaluation.sim_report import write_simulated_report
 
         arrays = {"truth": (e1t, e2t), "snr": ds.read(snr_field, idx).astype(np.float64) if snr_field in ds.fields
                   else np.full(idx.size, np.nan), "shapes": est["shapes"], "gallery": est["gallery"],
-                  "pixel_scale": frame["pixel_scale"]}
+                  "pixel_scale": frame["pixel_scale"], "posterior": posterior}
         result["report_dir"] = str(write_simulated_report(result, arrays, Path(out_dir)))
     return result
+
+
+def _posterior(predictor, ds, idx: np.ndarray, frame: dict, prefix: str, batch_size: int, bootstrap: int,
+               ring_dataset, snr_min: float, max_samples: int | None, flow: bool | None) -> dict | None:
+    """Flow-head rows (posterior mean, posterior draw) and figures, or None without a flow (evaluation.posterior)."""
+    from survey_deblend.evaluation import posterior
+
+    head = posterior.flow_head(predictor) if flow is not False else None
+    if head is None:
+        if flow:
+            raise InputError("evaluate: the checkpoint has no flow head (run 'survey-deblend train flow')")
+        return None
+    lat, mask = posterior.latents(predictor, ds, idx, frame, prefix, batch_size)
+    e_true = np.stack([ds.read("e1", idx), ds.read("e2", idx)], axis=1).astype(np.float64)
+    z_true = ds.read("z", idx).astype(np.float64) if "z" in ds.fields else np.full(idx.size, np.nan)
+    out = posterior.posterior_figures(head, lat, mask, idx.astype(np.int64), e_true, z_true, bootstrap)
+    ring = None
+    if ring_dataset is not None:
+        from survey_deblend.sim.dataset import open_dataset
+
+        rds = open_dataset(ring_dataset) if isinstance(ring_dataset, (str, Path)) else ring_dataset
+        ring_idx = select_indices(rds, snr_min, max_samples=max_samples, by_pair=True)
+        ring = posterior.ring_posterior(head, predictor, rds, ring_idx, _frame(rds, ""), batch_size)
+    table = []
+    for name, row in out["rows"].items():
+        row = {"estimator": name, **row, "failure_fraction": 0.0}
+        if ring is not None:
+            row.update({f"ring_{k}": v for k, v in ring[name].items()})
+        if name == "flow: posterior mean":
+            row.update({"z_sigma_nmad": out["figures"]["z_sigma_nmad"],
+                        "z_outlier_fraction": out["figures"]["z_outliers"]})
+        table.append(row)
+    out["figures"]["ring"] = ring
+    return {"table": table, **out}

@@ -1,7 +1,8 @@
 """The checkpoint format: one file, readable with ``torch.load(..., weights_only=True)`` (DESIGN.md).
 
 A checkpoint is a plain dict ``{"format", "version", "metadata", "state"}``: ``state`` holds the state dicts of
-``vae_encoder``, ``decoder``, ``deblender`` and ``regressor`` (a stage still in training may lack some);
+``vae_encoder``, ``decoder``, ``deblender`` and ``regressor`` (a stage still in training may lack some), and
+optionally ``flow`` (the posterior head, ``models.flow``; its hyper-parameters in ``metadata["flow"]``);
 ``metadata`` holds only plain types: bands, pixel scale, stamp size, latent size, ``M_b``, architecture,
 training-data description, git commit, held-out metrics, PSF FWHM per band. A file that would need arbitrary
 unpickling is refused with a ``SurveyDeblendError``.
@@ -26,7 +27,7 @@ from survey_deblend.preprocess import DEFAULT_BETA, MODEL_BANDS
 
 FORMAT = "survey-deblend-checkpoint"
 VERSION = 1
-NETWORK_NAMES = ("vae_encoder", "decoder", "deblender", "regressor")
+NETWORK_NAMES = ("vae_encoder", "decoder", "deblender", "regressor", "flow")
 REQUIRED_METADATA = ("bands", "pixel_scale_arcsec", "stamp_size", "latent_dim", "m_b", "beta", "architecture")
 
 
@@ -43,13 +44,35 @@ class Checkpoint:
         return Architecture.from_dict(self.metadata["architecture"])
 
     def build(self, name: str) -> torch.nn.Module:
-        """Network ``name`` (``vae_encoder``, ``decoder``, ``deblender``, ``regressor``) with its weights, eval mode."""
+        """Network ``name`` (``vae_encoder``, ``decoder``, ``deblender``, ``regressor``, ``flow``), eval mode."""
+        if name == "flow":
+            return self.build_flow()
         cls = {"vae_encoder": Encoder, "deblender": Encoder, "decoder": Decoder, "regressor": Regressor}[name]
         module = cls(self.architecture)
         if name not in self.state:
             raise SurveyDeblendError(f"checkpoint has no '{name}' weights (trained stages: {sorted(self.state)})")
         module.load_state_dict(self.state[name])
         return module.eval()
+
+    @property
+    def has_flow(self) -> bool:
+        """Whether the checkpoint carries a trained flow head."""
+        return "flow" in self.state and isinstance(self.metadata.get("flow"), dict)
+
+    def build_flow(self) -> torch.nn.Module:
+        """The flow head (``models.flow.FlowHead``) from ``metadata["flow"]["architecture"]``, eval mode."""
+        from survey_deblend.models.flow import FlowArchitecture, FlowHead  # zuko only where a flow is used
+
+        if not self.has_flow:
+            raise SurveyDeblendError(f"checkpoint has no 'flow' head (trained stages: {sorted(self.state)}); "
+                                     "run 'survey-deblend train flow'")
+        try:
+            head = FlowHead(FlowArchitecture.from_dict(self.metadata["flow"]["architecture"]))
+            head.load_state_dict(self.state["flow"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SurveyDeblendError(f"checkpoint 'flow' head does not match its metadata ({first})") from None
+        return head.eval()
 
 
 def git_commit() -> str:
