@@ -70,6 +70,10 @@ class Predictor:
         self.encoder = checkpoint.build("deblender").to(self.device)
         self.regressor = checkpoint.build("regressor").to(self.device)
         self.decoder = checkpoint.build("decoder").to(self.device) if "decoder" in checkpoint.state else None
+        # The flow head (models.flow), when the checkpoint carries one, gives the posterior columns (mean, sigma,
+        # an id-seeded draw, z median and percentiles); it beats the Gaussian regressor on the held-out figures
+        # (docs/model-card.md), which then only serves checkpoints without a flow.
+        self.flow = checkpoint.build("flow").to(self.device) if checkpoint.has_flow else None
         if self.device.type == "cpu":
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
         self._encode = self._encode_eager
@@ -212,8 +216,11 @@ class Predictor:
         measure_recon: bool,
         dynamic_range: str,
         return_latent: bool = False,
+        ids: np.ndarray | None = None,
     ) -> pd.DataFrame:
-        """The one prediction path: stamps of ``frame`` to ``PREDICTION_COLUMNS`` (and latents), input order."""
+        """The one prediction path: stamps of ``frame`` to ``PREDICTION_COLUMNS`` (and latents), input order.
+
+        With a flow head the posterior columns come from it, each draw seeded by ``ids`` (None: the row index)."""
         normed, mask = self.prepare_frame(images, frame, band_mask, dynamic_range)
         latent, out, recon = self.encode_normalized(normed, mask, decode=measure_recon)
         n = len(out)
@@ -230,6 +237,9 @@ class Predictor:
             "e1_recon": np.asarray(e1_recon, dtype=np.float64),
             "e2_recon": np.asarray(e2_recon, dtype=np.float64),
         }
+        if self.flow is not None and n:
+            seeds = np.arange(n) if ids is None else np.asarray(ids)
+            filled.update(self.flow.summarize(latent, mask, seeds))
         result = pd.DataFrame({name: filled.get(name, np.full(n, np.nan)) for name in PREDICTION_COLUMNS})
         if return_latent:
             latents = pd.DataFrame({f"latent_{k:02d}": latent[:, k].astype(np.float64) for k in range(latent.shape[1])})
@@ -237,19 +247,25 @@ class Predictor:
         return result
 
     def predict_batch(
-        self, batch: CutoutBatch, measure_recon: bool = True, dynamic_range: str = "physical"
+        self, batch: CutoutBatch, measure_recon: bool = True, dynamic_range: str = "physical",
+        ids: np.ndarray | None = None,
     ) -> pd.DataFrame:
         """Predictions for a ``CutoutBatch``: exactly ``PREDICTION_COLUMNS``, one row per batch row in order.
 
         The usable rows (status ok/padded) go through the model ``batch_size`` at a time in the batch's own
-        ``frame`` (survey, bands, pixel scale, per-band zeropoints); the other rows are null.
+        ``frame`` (survey, bands, pixel scale, per-band zeropoints); the other rows are null. ``ids`` (one per
+        row, e.g. ``coadd_objects_id``) seed each galaxy's posterior draw, so a re-run reproduces it.
         """
         usable = np.flatnonzero(batch.usable)
+        ids = np.arange(len(batch)) if ids is None else np.asarray(ids)
+        if len(ids) != len(batch):
+            raise ValueError(f"predict_batch: {len(ids)} ids for {len(batch)} rows")
         result = pd.DataFrame({name: np.full(len(batch), np.nan) for name in PREDICTION_COLUMNS})
         for start in range(0, len(usable), self.batch_size):
             rows = usable[start : start + self.batch_size]
             predicted = self._predict_frame(
-                batch.images[rows], batch.frame, batch.band_mask[rows], measure_recon, dynamic_range
+                batch.images[rows], batch.frame, batch.band_mask[rows], measure_recon, dynamic_range,
+                ids=ids[rows],
             )
             result.iloc[rows] = predicted.to_numpy()
         return result
@@ -265,13 +281,15 @@ class Predictor:
         zeropoints: float | Sequence[float] | None = None,
         survey: str | None = None,
         dynamic_range: str = "physical",
+        ids: np.ndarray | None = None,
     ) -> pd.DataFrame:
         """Predict shapes and redshifts for raw stamps ``(N, B, S, S)``; one row per stamp, in input order.
 
         The stamps' frame is ``bands``, ``pixel_scale`` (arcsec), ``zeropoints`` (one AB zeropoint per band, or
         one for all; None: native units of ``survey``) and ``survey`` (None: the model's, e.g. LSST electrons
-        over the full exposure, as BTK makes them). Columns ``PREDICTION_COLUMNS`` (``e1_recon, e2_recon`` NaN
-        when ``measure_recon`` is False or HSM fails) and ``latent_00..`` when ``return_latent``.
+        over the full exposure, as BTK makes them). ``ids`` seed each galaxy's posterior draw (None: the row
+        index). Columns ``PREDICTION_COLUMNS`` (``e1_recon, e2_recon`` NaN when ``measure_recon`` is False or
+        HSM fails; the flow columns NaN without a flow head) and ``latent_00..`` when ``return_latent``.
         """
         frame = self.frame(bands, pixel_scale, zeropoints, survey)
-        return self._predict_frame(images, frame, band_mask, measure_recon, dynamic_range, return_latent)
+        return self._predict_frame(images, frame, band_mask, measure_recon, dynamic_range, return_latent, ids)

@@ -187,3 +187,23 @@ def test_shipped_checkpoint_is_trained_small_and_usable():
     des = np.random.default_rng(1).normal(0, 0.5, (3, 5, 35, 35)).astype(np.float32)
     out = pred.predict(des, DES.bands, DES.pixel_scale_arcsec, zeropoints=DES.zeropoints, survey="DES")
     assert list(out.columns) == list(PREDICTION_COLUMNS) and np.isfinite(out["e1_pred"]).all()
+
+
+def test_the_shipped_flow_fills_the_posterior_columns_seeded_by_id(lsst_stamps):
+    """The shipped checkpoint carries a flow head: its posterior columns reach the Predictor's output, and a
+    galaxy's draw depends on its id alone (not on its batch or position), so a re-run reproduces it."""
+    pred = Predictor.from_checkpoint(device="cpu")
+    assert pred.flow is not None
+    stamps = lsst_stamps[:6]
+    ids = np.array([11, 22, 33, 44, 55, 66], dtype=np.int64)
+    out = pred.predict(stamps, LSST_BANDS, pred.pixel_scale, measure_recon=False, ids=ids)
+    cols = ["e1_pred", "e2_pred", "e_sigma_pred", "e1_sample", "e2_sample", "z_pred", "z_sigma_pred", "z_lo", "z_hi"]
+    assert np.isfinite(out[cols].to_numpy()).all()
+    assert (out["z_lo"] < out["z_pred"]).all() and (out["z_pred"] < out["z_hi"]).all()
+    assert (np.hypot(out["e1_sample"], out["e2_sample"]) < 1).all() and (out["e_sigma_pred"] > 0).all()
+    # the same galaxies in reverse order, in a batch of their own: the same draws
+    back = pred.predict(stamps[::-1][:3], LSST_BANDS, pred.pixel_scale, measure_recon=False, ids=ids[::-1][:3])
+    np.testing.assert_allclose(back["e1_sample"], out["e1_sample"].to_numpy()[::-1][:3], rtol=1e-5, atol=1e-6)
+    other = pred.predict(stamps, LSST_BANDS, pred.pixel_scale, measure_recon=False, ids=ids + 1)
+    assert not np.allclose(other["e1_sample"], out["e1_sample"])
+    np.testing.assert_allclose(other["e1_pred"], out["e1_pred"], rtol=1e-5, atol=1e-6)  # the mean is not a draw
