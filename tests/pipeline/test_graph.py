@@ -1,0 +1,50 @@
+"""The run graph: the source ships to each worker once, the tile choice is made once by the planner, the stamps
+stay on the worker that cut them (one fused task per partition on CPU workers), and the window of partitions
+in flight stays bounded."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pandas as pd
+from conftest import run_config
+from counting_source import CountingTileSource, log_lines
+
+from survey_deblend.pipeline import run
+from survey_deblend.pipeline.run import WINDOW_MIN, in_flight_window
+
+
+def test_source_ships_once_per_worker_and_tiles_are_chosen_once(small_field, checkpoint, client, tmp_path):
+    log = tmp_path / "source.log"
+    source = CountingTileSource(small_field.tiles_dir, log)
+    out = tmp_path / "out"
+    config = run_config(small_field, checkpoint, out, "output.partition_rows=4", "model.measure_recon=false")
+    summary = run(config, client, stream=io.StringIO(), source=source)
+    assert summary.n_partitions >= 20  # many tasks, so "once per task" and "once per worker" differ
+    events = log_lines(log)
+    workers = set(client.run(os.getpid).values())
+    unpickled = [pid for event, pid in events if event == "unpickle"]
+    assert unpickled and set(unpickled) <= workers
+    assert len(unpickled) <= len(workers), f"source unpickled {len(unpickled)} times for {len(workers)} workers"
+    planned = [pid for event, pid in events if event == "plan"]
+    assert planned == [os.getpid()], f"tiles chosen by {planned} (the planner is {os.getpid()})"
+    frame = pd.read_parquet(out)
+    assert len(frame) == summary.n_selected and frame["coadd_objects_id"].is_unique
+
+
+def test_fused_and_chained_graphs_write_the_same_rows(small_field, checkpoint, client, tmp_path):
+    """The GPU chain (fetch -> predict -> write) and the fused CPU task give the same Parquet."""
+    frames = []
+    for fuse in (True, False):
+        out = tmp_path / f"out-{fuse}"
+        config = run_config(small_field, checkpoint, out, "model.measure_recon=false")
+        run(config, client, stream=io.StringIO(), fuse=fuse)
+        frames.append(pd.read_parquet(out).sort_values("coadd_objects_id").drop(columns="run_id")
+                      .reset_index(drop=True))
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_window_is_a_few_partitions_per_worker_thread(client):
+    threads = sum(client.nthreads().values())
+    assert in_flight_window(client) == max(WINDOW_MIN, 2 * threads)
