@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,14 +53,12 @@ def id_checksum(ids: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class Partition:
-    """One unit of work: rows of the selection (positions in ``Selection.table``) sharing a locality key, the
-    planner's tile choice for them (``TileChoice.take``: travels with the partition, the worker does not choose
-    again) and the ``id_checksum`` of their galaxy ids (what the part file's done-marker must repeat)."""
+    """One unit of work: rows of the selection (positions in ``Selection.table``) sharing a locality key, and
+    the ``id_checksum`` of their galaxy ids (what the part file's done-marker must repeat)."""
 
     partition_id: str
     tile: str
     rows: np.ndarray  # int64 positions into the selection table
-    choice: Any = None
     ids_checksum: str = ""
 
     @property
@@ -69,12 +66,11 @@ class Partition:
         return len(self.rows)
 
 
-def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int, choice: Any = None) -> list[Partition]:
+def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int) -> list[Partition]:
     """Group rows by locality key, split each group into near-equal chunks of at most ``max_rows`` rows.
 
     Rows are ordered by key then ``coadd_objects_id`` (so ids are stable however the catalog was read);
-    partition ids are ``<key>-<chunk>`` with unsafe filename characters replaced. ``choice`` (a ``TileChoice``
-    for every row of ``table``) is sliced per partition.
+    partition ids are ``<key>-<chunk>`` with unsafe filename characters replaced.
     """
     if max_rows < 1:
         raise ValueError("output.partition_rows must be at least 1")
@@ -94,8 +90,7 @@ def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int, choice
         safe = _UNSAFE.sub("_", key).lstrip(".") or "nokey"
         for i, chunk in enumerate(np.array_split(group, n_chunks)):
             chunk = chunk.astype(np.int64)
-            partitions.append(Partition(f"{safe}-{i:04d}", key, chunk, None if choice is None else choice.take(chunk),
-                                        id_checksum(ids[chunk])))
+            partitions.append(Partition(f"{safe}-{i:04d}", key, chunk, id_checksum(ids[chunk])))
     ids = [p.partition_id for p in partitions]
     if len(set(ids)) != len(ids):
         raise ValueError("two locality keys map to the same partition id")

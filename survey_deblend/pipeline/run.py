@@ -1,14 +1,14 @@
 """``run(config, client)``: the futures graph of ``survey-deblend run`` (DESIGN.md, "The run").
 
-Selection on the client; the tile choice made once by the source's ``plan`` (sliced per partition, it travels
-with the partition); partitions by locality key. The source is scattered to every worker once (a future every
-task names, never pickled into each task). On CPU workers each partition is one fused task
-(``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with GPU workers
+Selection on the client; the tile choice made once by the source's ``plan`` (sliced per partition when it is
+submitted, it travels with the partition's task); partitions by locality key. The source is scattered to every
+worker once (a future every task names, never pickled into each task). On CPU workers each partition is one fused
+task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with GPU workers
 ``fetch_stamps`` -> ``predict_shapes`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded window of
-partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker thread, not
-one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the end the
-output is checked against the plan from the part files' footers (row counts) and the done-markers (status
-counts, id checksums) without reading any id back; the manifest records counts and timings.
+partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker thread, not one
+chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the end the output
+is checked against the plan from the part files' footers (row counts) and the done-markers (status counts, id
+checksums) without reading any id back; the manifest records counts and timings.
 """
 
 from __future__ import annotations
@@ -78,24 +78,25 @@ def in_flight_window(client: Client) -> int:
 
 
 def _submit_partition(
-    client: Client, partition: Partition, table: pd.DataFrame, source: Any, size_pix: int, config: RunConfig,
-    model: ModelInfo, run_id: str, gpu: bool,
+    client: Client, partition: Partition, table: pd.DataFrame, choice: Any, source: Any, size_pix: int,
+    config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool,
 ) -> Any:
     rows = table.iloc[partition.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
+    choice = None if choice is None else choice.take(partition.rows)
     pid = partition.partition_id
     out = str(Path(config.output.out).resolve())
-    if not gpu:
+    if not chain:
         return client.submit(
-            process_partition, source, rows, partition.choice, size_pix, config.model.measure_recon, out, pid,
+            process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
             partition.tile, model.model_id, run_id, key=f"partition-{run_id}-{pid}", retries=2, pure=False,
         )
     stamps = client.submit(
-        fetch_stamps, source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, partition.choice,
+        fetch_stamps, source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice,
         key=f"fetch-{run_id}-{pid}", retries=2, pure=False,
     )
     predictions = client.submit(
         predict_shapes, stamps, config.model.measure_recon,
-        key=f"predict-{run_id}-{pid}", resources={"GPU": 1}, retries=1, pure=False,
+        key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
     return client.submit(
         write_partition, out, pid, rows, partition.tile, predictions, model.model_id, run_id,
@@ -133,18 +134,18 @@ def verify_output(out_dir: Path, partitions: list[Partition]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _plan(source: Any, table: pd.DataFrame, size_pix: int, partition_rows: int) -> list[Partition]:
-    """Partitions of ``table``, each carrying its slice of the source's one tile choice (when it plans)."""
+def plan_run(source: Any, table: pd.DataFrame, size_pix: int, partition_rows: int) -> tuple[list[Partition], Any]:
+    """Partitions of ``table`` and the source's one tile choice for all its rows (None when it does not plan);
+    each partition's task gets ``choice.take(rows)`` when it is submitted (only the window holds slices)."""
     ra, dec = table["ra"].to_numpy(), table["dec"].to_numpy()
-    if hasattr(source, "plan"):
-        choice = source.plan(ra, dec, size_pix)
-        return plan_partitions(table, choice.keys, partition_rows, choice)
-    return plan_partitions(table, source.locality_keys(ra, dec), partition_rows)
+    choice = source.plan(ra, dec, size_pix) if hasattr(source, "plan") else None
+    # grouped by the source's locality key (a coadd tile; for SIA the sky cell of one query, DESIGN.md "The run")
+    return plan_partitions(table, source.locality_keys(ra, dec), partition_rows), choice
 
 
 def _run_window(
-    client: Client, todo: list[Partition], table: pd.DataFrame, source: Any, size_pix: int, config: RunConfig,
-    model: ModelInfo, run_id: str, chain: bool, progress: ProgressLine,
+    client: Client, todo: list[Partition], table: pd.DataFrame, choice: Any, source: Any, size_pix: int,
+    config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool, progress: ProgressLine,
 ) -> tuple[dict[str, float], list[str]]:
     """Submit ``todo`` through a window of ``in_flight_window`` partitions, refilled as each finishes.
 
@@ -164,7 +165,8 @@ def _run_window(
         partition = next(pending, None)
         if partition is None:
             return None
-        future = _submit_partition(client, partition, table, source_future, size_pix, config, model, run_id, chain)
+        future = _submit_partition(client, partition, table, choice, source_future, size_pix, config, model,
+                                   run_id, chain, gpu)
         futures[future] = partition
         return future
 
@@ -189,14 +191,16 @@ def _run_window(
 
 def run(
     config: RunConfig, client: Client, stream: TextIO | None = None, inputs: RunInputs | None = None,
-    source: Any = None, fuse: bool | None = None,
+    source: Any = None, fuse: bool | None = None, plugin: PredictorPlugin | None = None,
 ) -> RunSummary:
     """Run the whole job on ``client``'s cluster and return its summary (the caller owns the cluster).
 
     ``inputs`` is the result of ``check_inputs(config)`` when the caller checked them already (the CLI does,
     before it starts a cluster); without it the inputs are checked here. ``source``: an already open
     ``CutoutSource`` (None: ``images.source``). ``fuse``: one task per partition (None: unless the cluster has
-    GPU workers; False forces the three-task chain, for comparison in ``benchmarks/run.py``).
+    GPU workers; False forces the three-task chain, for comparison in ``benchmarks/run.py``). ``plugin``: the
+    worker plugin holding the Predictor (None: the configured checkpoint; ``benchmarks/scale.py`` passes one
+    with a trivial predictor).
     """
     from survey_deblend.catalog import select_galaxies
     from survey_deblend.cutouts import open_source
@@ -221,7 +225,7 @@ def run(
     if source is None:
         source = open_source(config.images.source, config.images, cache_dir=cache_dir)
     size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
-    partitions = _plan(source, table, size_pix, config.output.partition_rows)
+    partitions, choice = plan_run(source, table, size_pix, config.output.partition_rows)
     timings["plan_s"] = time.perf_counter() - t0
 
     plan = ResumePlan(out_dir)
@@ -241,7 +245,7 @@ def run(
         f"inference on {'GPU' if gpu else 'CPU'} workers; output {out_dir}",
         file=stream,
     )
-    plugin = PredictorPlugin(
+    plugin = plugin or PredictorPlugin(
         model.path, config.model.device, config.model.bf16, config.model.compile, model_id=model.model_id,
         batch_size=config.model.batch_size,
     )
@@ -250,7 +254,8 @@ def run(
     t0 = time.perf_counter()
     progress = ProgressLine(len(partitions), len(table), stream=stream, enabled=config.output.progress)
     progress.update(partitions=len(done), galaxies=sum(int(d.get("n_rows", 0)) for d in done.values()))
-    stage_s, failures = _run_window(client, todo, table, source, size_pix, config, model, run_id, not fused, progress)
+    stage_s, failures = _run_window(client, todo, table, choice, source, size_pix, config, model, run_id,
+                                    not fused, gpu, progress)
     progress.close()
     timings["partitions_s"] = time.perf_counter() - t0
     timings.update(stage_s)
