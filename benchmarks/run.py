@@ -134,7 +134,8 @@ def timed_dask_run(client, config, fuse: bool | None = None) -> tuple[float, int
         summary = run(config, client, stream=io.StringIO(), fuse=fuse)
         seconds = time.perf_counter() - t0
     stages = task_stream_stages(stream.data)
-    stages.update({k: round(v, 3) for k, v in summary.timings.items() if k in ("select_s", "plan_s", "verify_s")})
+    wanted = ("select_s", "plan_s", "verify_s", "fetch_s", "predict_s", "write_s")  # the last three: fused tasks
+    stages.update({k: round(v, 3) for k, v in summary.timings.items() if k in wanted and v > 0})
     stages["wall_s"] = round(seconds, 3)
     return seconds, summary.n_selected, stages
 
