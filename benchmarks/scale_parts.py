@@ -27,7 +27,8 @@ class NoPixelSource(CutoutSource):
     def locality_keys(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
         i = np.floor(np.mod(np.asarray(ra, dtype=float), 360.0) / self.cell_deg).astype(np.int64)
         j = np.floor((np.asarray(dec, dtype=float) + 90.0) / self.cell_deg).astype(np.int64)
-        return np.char.add(np.char.add("cell_", i.astype(str)), np.char.add("_", j.astype(str)))
+        cells, inverse = np.unique(i * 1000 + j, return_inverse=True)  # names built once per cell, not per row
+        return np.array([f"cell_{c // 1000}_{c % 1000}" for c in cells])[inverse.reshape(-1)]
 
     def fetch(self, ra: np.ndarray, dec: np.ndarray, size_pix: int, choice: Any = None) -> CutoutBatch:
         frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, (30.0,) * len(self.bands))

@@ -74,18 +74,19 @@ def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int) -> lis
     """
     if max_rows < 1:
         raise ValueError("output.partition_rows must be at least 1")
-    keys = np.asarray(keys).astype(str)
     if len(keys) != len(table):
         raise ValueError(f"{len(keys)} locality keys for {len(table)} rows")
+    # integer codes in sorted key order (a hash pass), so that the sort below compares integers, not strings
+    codes, names = pd.factorize(np.asarray(keys).astype(str), sort=True)
     ids = table["coadd_objects_id"].to_numpy()
-    order = np.lexsort((ids, keys))
-    sorted_keys = keys[order]
+    order = np.lexsort((ids, codes))
+    sorted_codes = codes[order]
     partitions: list[Partition] = []
-    boundaries = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    boundaries = np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1
     for group in np.split(order, boundaries):
         if len(group) == 0:
             continue
-        key = str(keys[group[0]])
+        key = str(names[codes[group[0]]])
         n_chunks = -(-len(group) // max_rows)
         safe = _UNSAFE.sub("_", key).lstrip(".") or "nokey"
         for i, chunk in enumerate(np.array_split(group, n_chunks)):
