@@ -1,14 +1,14 @@
 """``run(config, client)``: the futures graph of ``survey-deblend run`` (DESIGN.md, "The run").
 
 Selection on the client; the tile choice made once by the source's ``plan`` (sliced per partition when it is
-submitted, it travels with the partition's task); partitions by locality key. The source is scattered to every
-worker once (a future every task names, never pickled into each task). On CPU workers each partition is one fused
-task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with GPU workers
-``fetch_stamps`` -> ``predict_shapes`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded window of
-partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker thread, not one
-chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the end the output
-is checked against the plan from the part files' footers (row counts) and the done-markers (status counts, id
-checksums) without reading any id back; the manifest records counts and timings.
+submitted, it travels with the partition's task); partitions by locality key. The source goes to every worker once
+(the result of one task every partition task names, never pickled into each task). On CPU workers each partition is
+one fused task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with
+GPU workers ``fetch_stamps`` -> ``predict_shapes`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
+window of partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker
+thread, not one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the
+end the output is checked against the plan from the part files' footers (row counts) and the done-markers (status
+counts, id checksums) without reading any id back; the manifest records counts and timings.
 """
 
 from __future__ import annotations
@@ -69,6 +69,11 @@ def stamp_size_pix(config: RunConfig, model: ModelInfo, source_pixel_scale: floa
     from survey_deblend.preprocess import source_stamp_size
 
     return source_stamp_size(source_pixel_scale, model.pixel_scale_arcsec, model.stamp_size)
+
+
+def _source(source: Any) -> Any:
+    """The cutout source as a task result (see ``_run_window``)."""
+    return source
 
 
 def in_flight_window(client: Client) -> int:
@@ -149,14 +154,17 @@ def _run_window(
 ) -> tuple[dict[str, float], list[str]]:
     """Submit ``todo`` through a window of ``in_flight_window`` partitions, refilled as each finishes.
 
-    The source is scattered once to every worker. Returns the summed stage seconds of the fused tasks
+    The source goes to each worker once, as the result of one task. Returns the summed stage seconds of the fused tasks
     (``fetch_s``, ``predict_s``, ``write_s``) and a line per failed partition (the others are kept).
     """
     stage_s = {"fetch_s": 0.0, "predict_s": 0.0, "write_s": 0.0}
     failures: list[str] = []
     if not todo:
         return stage_s, failures
-    source_future = client.scatter(source, broadcast=True, hash=False)
+    # A task whose result is the source, not scattered data: the scheduler keeps its spec, so a worker lost with
+    # it (a cancelled SLURM job, an elastic pool shrinking) means a recompute, not a lost run. Each worker gets it
+    # once (computed there, or fetched from a peer) and every partition task names this key.
+    source_future = client.submit(_source, source, key=f"source-{run_id}", pure=False, retries=2)
     pending = iter(todo)
     window = in_flight_window(client)
     futures: dict[Any, Partition] = {}

@@ -1,8 +1,8 @@
 """A TileSource that logs every unpickling and every tile choice to a file, to count them across processes.
 
 Worker processes import this module by the ``sys.path`` that multiprocessing hands to spawned children, so the
-log shows where the source was rebuilt (once per worker when scattered; once per task when pickled into tasks)
-and who chose tiles (the planner once; a worker choosing again would log from its own pid).
+log shows where the source was rebuilt (once per worker when it travels as one task's result; once per task when
+pickled into every task) and who chose tiles (the planner once; a worker choosing again would log from its own pid).
 """
 
 from __future__ import annotations
