@@ -33,13 +33,37 @@ MANIFEST_NAME = "_manifest.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9+\-.]")
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def id_checksum(ids: np.ndarray) -> str:
+    """An order-free checksum of a set of galaxy ids (sum of splitmix64 hashes mod 2**64, as hex).
+
+    The planner records it per partition and the writer per part file: equal sums and equal row counts mean the
+    part holds its partition's galaxies (a missing, duplicated or foreign id changes the sum), without reading
+    any id back into the client.
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids).astype(np.int64).view(np.uint64) + _MIX
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        return f"{int(np.sum(z, dtype=np.uint64)):016x}"
+
+
 @dataclass(frozen=True)
 class Partition:
-    """One unit of work: rows of the selection (positions in ``Selection.table``) sharing a locality key."""
+    """One unit of work: rows of the selection (positions in ``Selection.table``) sharing a locality key, and
+    the ``id_checksum`` of their galaxy ids (what the part file's done-marker must repeat)."""
 
     partition_id: str
     tile: str
     rows: np.ndarray  # int64 positions into the selection table
+    ids_checksum: str = ""
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
 
 
 def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int) -> list[Partition]:
@@ -50,21 +74,24 @@ def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int) -> lis
     """
     if max_rows < 1:
         raise ValueError("output.partition_rows must be at least 1")
-    keys = np.asarray(keys).astype(str)
     if len(keys) != len(table):
         raise ValueError(f"{len(keys)} locality keys for {len(table)} rows")
-    order = np.lexsort((table["coadd_objects_id"].to_numpy(), keys))
-    sorted_keys = keys[order]
+    # integer codes in sorted key order (a hash pass), so that the sort below compares integers, not strings
+    codes, names = pd.factorize(np.asarray(keys).astype(str), sort=True)
+    ids = table["coadd_objects_id"].to_numpy()
+    order = np.lexsort((ids, codes))
+    sorted_codes = codes[order]
     partitions: list[Partition] = []
-    boundaries = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    boundaries = np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1
     for group in np.split(order, boundaries):
         if len(group) == 0:
             continue
-        key = str(keys[group[0]])
+        key = str(names[codes[group[0]]])
         n_chunks = -(-len(group) // max_rows)
         safe = _UNSAFE.sub("_", key).lstrip(".") or "nokey"
         for i, chunk in enumerate(np.array_split(group, n_chunks)):
-            partitions.append(Partition(f"{safe}-{i:04d}", key, chunk.astype(np.int64)))
+            chunk = chunk.astype(np.int64)
+            partitions.append(Partition(f"{safe}-{i:04d}", key, chunk, id_checksum(ids[chunk])))
     ids = [p.partition_id for p in partitions]
     if len(set(ids)) != len(ids):
         raise ValueError("two locality keys map to the same partition id")

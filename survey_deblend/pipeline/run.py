@@ -1,20 +1,25 @@
 """``run(config, client)``: the futures graph of ``survey-deblend run`` (DESIGN.md, "The run").
 
-Selection on the client, partitions by locality key, then per partition ``fetch_stamps`` -> ``predict_shapes``
-(``resources={"GPU": 1}`` when the cluster has GPU workers) -> ``write_partition`` as futures. Finished
-partitions are skipped on a re-run of the same configuration; at the end the output is read back and checked
-against the selection (every galaxy exactly once), and the manifest records counts and timings.
+Selection on the client; the tile choice made once by the source's ``plan`` (sliced per partition when it is
+submitted, it travels with the partition's task); partitions by locality key. The source goes to every worker once
+(the result of one task every partition task names, never pickled into each task). On CPU workers each partition is
+one fused task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with
+GPU workers ``fetch_stamps`` -> ``predict_shapes`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
+window of partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker
+thread, not one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the
+end the output is checked against the plan from the part files' footers (row counts) and the done-markers (status
+counts, id checksums) without reading any id back; the manifest records counts and timings.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from distributed import Client, as_completed
@@ -27,8 +32,11 @@ from survey_deblend.pipeline.manifest import config_hash, prepare_output, write_
 from survey_deblend.pipeline.plan import PART_PREFIX, Partition, ResumePlan, plan_partitions
 from survey_deblend.pipeline.plugin import PredictorPlugin, ensure_plugin
 from survey_deblend.pipeline.progress import ProgressLine, format_summary
-from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, write_partition
+from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, process_partition, write_partition
 from survey_deblend.schema import CATALOG_COLUMNS
+
+WINDOW_PER_THREAD = 2  # partitions in flight per worker thread
+WINDOW_MIN = 4
 
 
 @dataclass
@@ -63,53 +71,144 @@ def stamp_size_pix(config: RunConfig, model: ModelInfo, source_pixel_scale: floa
     return source_stamp_size(source_pixel_scale, model.pixel_scale_arcsec, model.stamp_size)
 
 
+def _source(source: Any) -> Any:
+    """The cutout source as a task result (see ``_run_window``)."""
+    return source
+
+
+def in_flight_window(client: Client) -> int:
+    """Partitions in flight at once: two per worker thread (one running, one queued), at least 4."""
+    threads = sum(client.nthreads().values()) if client.scheduler_info().get("workers") else 0
+    return max(WINDOW_MIN, WINDOW_PER_THREAD * threads)
+
+
 def _submit_partition(
-    client: Client, partition: Partition, table: pd.DataFrame, source: Any, size_pix: int, config: RunConfig,
-    model: ModelInfo, run_id: str, gpu: bool,
+    client: Client, partition: Partition, table: pd.DataFrame, choice: Any, source: Any, size_pix: int,
+    config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool,
 ) -> Any:
     rows = table.iloc[partition.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
+    choice = None if choice is None else choice.take(partition.rows)
     pid = partition.partition_id
+    out = str(Path(config.output.out).resolve())
+    if not chain:
+        return client.submit(
+            process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
+            partition.tile, model.model_id, run_id, key=f"partition-{run_id}-{pid}", retries=2, pure=False,
+        )
     stamps = client.submit(
-        fetch_stamps, source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix,
+        fetch_stamps, source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice,
         key=f"fetch-{run_id}-{pid}", retries=2, pure=False,
     )
     predictions = client.submit(
         predict_shapes, stamps, config.model.measure_recon,
         key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
-    out = str(Path(config.output.out).resolve())
     return client.submit(
         write_partition, out, pid, rows, partition.tile, predictions, model.model_id, run_id,
         key=f"write-{run_id}-{pid}", retries=2, pure=False,
     )
 
 
-def verify_output(out_dir: Path, partitions: list[Partition], expected_ids: np.ndarray) -> dict[str, int]:
-    """Read back ids and statuses of every part; every selected galaxy must appear exactly once."""
+def verify_output(out_dir: Path, partitions: list[Partition]) -> dict[str, int]:
+    """Every planned galaxy exactly once, checked without reading ids back: the partitions of the plan are
+    disjoint and cover the selection; each one's part file must hold as many rows as planned (its Parquet
+    footer) and its done-marker the planned id checksum; no part file outside the plan. Returns status counts."""
     plan = ResumePlan(out_dir)
     stale = plan.stale_parts(p.partition_id for p in partitions)
     if stale:
         raise SurveyDeblendError(f"{stale[0]}: part file not in this run's plan (use --overwrite)")
-    frames = [pq.read_table(plan.part_path(p.partition_id), columns=["coadd_objects_id", "status"]).to_pandas()
-              for p in partitions]
-    got = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"coadd_objects_id": [], "status": []})
-    ids = got["coadd_objects_id"].to_numpy()
-    n_dup = len(ids) - len(np.unique(ids))
-    missing = np.setdiff1d(expected_ids, ids)
-    extra = np.setdiff1d(ids, expected_ids)
-    if n_dup or len(missing) or len(extra):
+    markers = plan.done()
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    for p in partitions:
+        path = plan.part_path(p.partition_id)
+        marker = markers.get(p.partition_id)
+        if marker is None:
+            problems.append(f"{path.name}: missing or without its done-marker")
+            continue
+        n_rows = pq.read_metadata(path).num_rows
+        if n_rows != p.n_rows or int(marker.get("n_rows", -1)) != n_rows:
+            problems.append(f"{path.name}: {n_rows} rows (marker {marker.get('n_rows')}), planned {p.n_rows}")
+        elif p.ids_checksum and marker.get("id_checksum") != p.ids_checksum:
+            problems.append(f"{path.name}: its galaxy ids are not the planned ones (id checksum differs)")
+        counts.update({str(k): int(v) for k, v in marker.get("counts", {}).items()})
+    if problems:
         raise SurveyDeblendError(
-            f"{out_dir}: output does not match the selection ({n_dup} duplicated, {len(missing)} missing, "
-            f"{len(extra)} unexpected galaxies)"
+            f"{out_dir}: output does not match the selection ({len(problems)} bad parts; first: {problems[0]})"
         )
-    return {str(k): int(v) for k, v in got["status"].value_counts().sort_index().items()}
+    return dict(sorted(counts.items()))
 
 
-def run(config: RunConfig, client: Client, stream: TextIO | None = None, inputs: RunInputs | None = None) -> RunSummary:
+def plan_run(source: Any, table: pd.DataFrame, size_pix: int, partition_rows: int) -> tuple[list[Partition], Any]:
+    """Partitions of ``table`` and the source's one tile choice for all its rows (None when it does not plan);
+    each partition's task gets ``choice.take(rows)`` when it is submitted (only the window holds slices)."""
+    ra, dec = table["ra"].to_numpy(), table["dec"].to_numpy()
+    choice = source.plan(ra, dec, size_pix) if hasattr(source, "plan") else None
+    # grouped by the source's locality key (a coadd tile; for SIA the sky cell of one query, DESIGN.md "The run")
+    return plan_partitions(table, source.locality_keys(ra, dec), partition_rows), choice
+
+
+def _run_window(
+    client: Client, todo: list[Partition], table: pd.DataFrame, choice: Any, source: Any, size_pix: int,
+    config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool, progress: ProgressLine,
+) -> tuple[dict[str, float], list[str]]:
+    """Submit ``todo`` through a window of ``in_flight_window`` partitions, refilled as each finishes.
+
+    The source goes to each worker once, as the result of one task. Returns the summed stage seconds of the fused tasks
+    (``fetch_s``, ``predict_s``, ``write_s``) and a line per failed partition (the others are kept).
+    """
+    stage_s = {"fetch_s": 0.0, "predict_s": 0.0, "write_s": 0.0}
+    failures: list[str] = []
+    if not todo:
+        return stage_s, failures
+    # A task whose result is the source, not scattered data: the scheduler keeps its spec, so a worker lost with
+    # it (a cancelled SLURM job, an elastic pool shrinking) means a recompute, not a lost run. Each worker gets it
+    # once (computed there, or fetched from a peer) and every partition task names this key.
+    source_future = client.submit(_source, source, key=f"source-{run_id}", pure=False, retries=2)
+    pending = iter(todo)
+    window = in_flight_window(client)
+    futures: dict[Any, Partition] = {}
+
+    def submit_next() -> Any:
+        partition = next(pending, None)
+        if partition is None:
+            return None
+        future = _submit_partition(client, partition, table, choice, source_future, size_pix, config, model,
+                                   run_id, chain, gpu)
+        futures[future] = partition
+        return future
+
+    running = as_completed([f for f in (submit_next() for _ in range(window)) if f is not None])
+    for future in running:
+        partition = futures.pop(future)
+        try:
+            info = future.result()
+        except Exception as exc:  # report every failed partition at the end, keep the finished ones
+            failures.append(f"partition {partition.partition_id}: {type(exc).__name__}: {exc}")
+        else:
+            progress.update(galaxies=int(info["n_rows"]))
+            for name in stage_s:
+                stage_s[name] += float(info.get(name, 0.0))
+        future.release()
+        refill = submit_next()
+        if refill is not None:
+            running.add(refill)
+    source_future.release()
+    return stage_s, failures
+
+
+def run(
+    config: RunConfig, client: Client, stream: TextIO | None = None, inputs: RunInputs | None = None,
+    source: Any = None, fuse: bool | None = None, plugin: PredictorPlugin | None = None,
+) -> RunSummary:
     """Run the whole job on ``client``'s cluster and return its summary (the caller owns the cluster).
 
     ``inputs`` is the result of ``check_inputs(config)`` when the caller checked them already (the CLI does,
-    before it starts a cluster); without it the inputs are checked here.
+    before it starts a cluster); without it the inputs are checked here. ``source``: an already open
+    ``CutoutSource`` (None: ``images.source``). ``fuse``: one task per partition (None: unless the cluster has
+    GPU workers; False forces the three-task chain, for comparison in ``benchmarks/run.py``). ``plugin``: the
+    worker plugin holding the Predictor (None: the configured checkpoint; ``benchmarks/scale.py`` passes one
+    with a trivial predictor).
     """
     from survey_deblend.catalog import select_galaxies
     from survey_deblend.cutouts import open_source
@@ -131,10 +230,10 @@ def run(config: RunConfig, client: Client, stream: TextIO | None = None, inputs:
 
     t0 = time.perf_counter()
     cache_dir = config.images.cache_dir or out_dir / "_cache"
-    source = open_source(config.images.source, config.images, cache_dir=cache_dir)
-    keys = source.locality_keys(table["ra"].to_numpy(), table["dec"].to_numpy())
-    partitions = plan_partitions(table, keys, config.output.partition_rows)
+    if source is None:
+        source = open_source(config.images.source, config.images, cache_dir=cache_dir)
     size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
+    partitions, choice = plan_run(source, table, size_pix, config.output.partition_rows)
     timings["plan_s"] = time.perf_counter() - t0
 
     plan = ResumePlan(out_dir)
@@ -147,13 +246,14 @@ def run(config: RunConfig, client: Client, stream: TextIO | None = None, inputs:
     write_manifest(out_dir, manifest)
 
     gpu = cluster_has_gpu_workers(client)
+    fused = (not gpu) if fuse is None else bool(fuse)
     print(f"dashboard: {client.dashboard_link}", file=stream)
     print(
         f"{len(table):,} galaxies in {len(partitions)} partitions ({len(done)} already done); "
         f"inference on {'GPU' if gpu else 'CPU'} workers; output {out_dir}",
         file=stream,
     )
-    plugin = PredictorPlugin(
+    plugin = plugin or PredictorPlugin(
         model.path, config.model.device, config.model.bf16, config.model.compile, model_id=model.model_id,
         batch_size=config.model.batch_size,
     )
@@ -162,17 +262,11 @@ def run(config: RunConfig, client: Client, stream: TextIO | None = None, inputs:
     t0 = time.perf_counter()
     progress = ProgressLine(len(partitions), len(table), stream=stream, enabled=config.output.progress)
     progress.update(partitions=len(done), galaxies=sum(int(d.get("n_rows", 0)) for d in done.values()))
-    futures = {_submit_partition(client, p, table, source, size_pix, config, model, run_id, gpu): p for p in todo}
-    failures: list[str] = []
-    for future in as_completed(futures):
-        try:
-            info = future.result()
-        except Exception as exc:  # report every failed partition at the end, keep the finished ones
-            failures.append(f"partition {futures[future].partition_id}: {type(exc).__name__}: {exc}")
-            continue
-        progress.update(galaxies=int(info["n_rows"]))
+    stage_s, failures = _run_window(client, todo, table, choice, source, size_pix, config, model, run_id,
+                                    not fused, gpu, progress)
     progress.close()
     timings["partitions_s"] = time.perf_counter() - t0
+    timings.update(stage_s)
     if failures:
         raise SurveyDeblendError(
             f"{len(failures)} partitions failed (finished ones are kept; re-run to resume); first: {failures[0]}"
@@ -180,7 +274,7 @@ def run(config: RunConfig, client: Client, stream: TextIO | None = None, inputs:
 
     t0 = time.perf_counter()
     plan.clean_tmp()  # writes cut short by a killed worker were redone under fresh temporary names
-    counts = verify_output(out_dir, partitions, table["coadd_objects_id"].to_numpy())
+    counts = verify_output(out_dir, partitions)
     timings["verify_s"] = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     timings["total_s"] = seconds

@@ -14,6 +14,7 @@ import pandas as pd
 
 from survey_deblend.catalog.synthetic import FIRST_ID, write_catalogs
 from survey_deblend.cutouts.synthetic import DES_PIXEL_SCALE_ARCSEC, Blob, write_field
+from survey_deblend.surveys import DES_BANDS
 
 TILE_CENTRES = [(60.0, -45.0), (60.03, -45.0), (60.0, -44.98)]
 
@@ -33,8 +34,15 @@ def psf_of(row: np.ndarray) -> dict[str, np.ndarray]:
     return {"psf_fwhm": 3.0 + 0.01 * row, "psf_e1": 0.001 * (row % 7), "psf_e2": -0.002 * (row % 5)}
 
 
-def make_small_field(out_dir: Path, n_per_tile: int = 40, tile_size_pix: int = 180, seed: int = 0) -> SmallField:
-    """``n_per_tile`` galaxies inside each tile, 3 off the survey, 4 cut by SNR; catalogs in the SVA1 schema."""
+def make_small_field(
+    out_dir: Path, n_per_tile: int = 40, tile_size_pix: int = 180, seed: int = 0, magzero: float = 30.0,
+    noise_sigma: float = 1.0,
+) -> SmallField:
+    """``n_per_tile`` galaxies inside each tile, 3 off the survey, 4 cut by SNR; catalogs in the SVA1 schema.
+
+    The tiles carry ``MAGZERO = magzero`` and their pixels are in those units: the same sky at another
+    ``magzero`` has every pixel scaled by 10**(0.4 (magzero - 30)) (noise included when ``noise_sigma`` is 0).
+    """
     rng = np.random.default_rng(seed)
     half_deg = 0.4 * tile_size_pix * DES_PIXEL_SCALE_ARCSEC / 3600.0
     ra, dec = [], []
@@ -60,6 +68,9 @@ def make_small_field(out_dir: Path, n_per_tile: int = 40, tile_size_pix: int = 1
     )
     blobs = [Blob(r, d, 10 ** (-0.4 * (m - 30.0)), 0.5, 0.4) for r, d, m in zip(ra, dec, objects["mag_i"], strict=True)]
     tiles_dir = Path(out_dir) / "tiles"
-    write_field(tiles_dir, TILE_CENTRES, blobs, tile_size_pix=tile_size_pix, noise_sigma=1.0, seed=seed)
+    units = 10 ** (0.4 * (magzero - 30.0))
+    scale = {band: (1.0 + 0.25 * b) * units for b, band in enumerate(DES_BANDS)}  # write_field's default, in units
+    write_field(tiles_dir, TILE_CENTRES, blobs, tile_size_pix=tile_size_pix, noise_sigma=noise_sigma, seed=seed,
+                magzero=magzero, band_flux_scale=scale)
     paths = write_catalogs(Path(out_dir) / "catalogs", objects, seed=seed)
     return SmallField(tiles_dir, paths.im3shape, paths.gold, n, n_off, n_low)

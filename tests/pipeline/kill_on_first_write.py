@@ -1,6 +1,7 @@
 """Deterministic kills for the reliability tests: act the moment the first partition's write task finishes.
 
-``KillOnFirstWrite`` is a Dask scheduler plugin; its ``transition`` hook sees the first ``write-*`` task reach
+``KillOnFirstWrite`` is a Dask scheduler plugin; its ``transition`` hook sees the first task that writes a part
+(``write-*`` of the GPU chain, or the fused ``partition-*`` task of CPU workers) reach
 ``memory`` (its Parquet file renamed into place and its ``_done/`` marker written, both inside the task), so the
 kill never races a polling loop: it happens exactly then, while the other partitions are still to do.
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-WRITE_PREFIX = "write-"
+WRITE_PREFIX = ("write-", "partition-")  # the task kinds that write a part file (run.py's keys)
 
 
 class KillOnFirstWrite(SchedulerPlugin):
