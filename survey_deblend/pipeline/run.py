@@ -100,7 +100,7 @@ def _submit_partition(
         key=f"fetch-{run_id}-{pid}", retries=2, pure=False,
     )
     predictions = client.submit(
-        predict_shapes, stamps, config.model.measure_recon,
+        predict_shapes, stamps, config.model.measure_recon, None, rows["coadd_objects_id"].to_numpy(),
         key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
     return client.submit(

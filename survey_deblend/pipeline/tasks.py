@@ -38,14 +38,17 @@ def fetch_stamps(source: Any, ra: np.ndarray, dec: np.ndarray, size_pix: int, ch
     return source.fetch(ra, dec, int(size_pix), choice=choice)
 
 
-def predict_shapes(batch: Any, measure_recon: bool = True, predictor: Any = None) -> pd.DataFrame:
+def predict_shapes(
+    batch: Any, measure_recon: bool = True, predictor: Any = None, ids: np.ndarray | None = None
+) -> pd.DataFrame:
     """``Predictor.predict_batch`` of a ``CutoutBatch`` plus what the batch says of each row (``bands_used``,
-    ``status``). ``predictor`` defaults to the one the worker plugin keeps on this worker (loaded once)."""
+    ``status``). ``predictor`` defaults to the one the worker plugin keeps on this worker (loaded once); ``ids``
+    (the rows' ``coadd_objects_id``) seed each galaxy's posterior draw, so a re-run reproduces it."""
     if predictor is None:
         from survey_deblend.pipeline.plugin import worker_predictor
 
         predictor = worker_predictor()
-    predictions = predictor.predict_batch(batch, measure_recon=measure_recon)
+    predictions = predictor.predict_batch(batch, measure_recon=measure_recon, ids=ids)
     return predictions.assign(bands_used=batch.bands_used(), status=np.asarray(batch.status).astype(str))
 
 
@@ -115,7 +118,8 @@ def process_partition(
     t0 = time.perf_counter()
     batch = fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice)
     t1 = time.perf_counter()
-    predictions = predict_shapes(batch, measure_recon, predictor=predictor)
+    ids = rows["coadd_objects_id"].to_numpy()
+    predictions = predict_shapes(batch, measure_recon, predictor=predictor, ids=ids)
     t2 = time.perf_counter()
     info = write_partition(out_dir, partition_id, rows, tile, predictions, model_id, run_id)
     t3 = time.perf_counter()

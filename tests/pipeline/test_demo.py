@@ -8,6 +8,7 @@ import pytest
 
 from survey_deblend.cli import main
 from survey_deblend.pipeline.demo import compare_with_im3shape
+from survey_deblend.schema import USABLE
 
 
 def test_comparison_numbers():
@@ -35,6 +36,9 @@ def test_demo_over_sia_runs_the_real_job_and_compares(tmp_path, checkpoint, caps
     frame = pd.read_parquet(workdir / "out")
     assert len(frame) > 0 and frame["coadd_objects_id"].is_unique
     assert frame["tile"].str.startswith("cell_").all()  # keys of the SIA source: it really went over HTTP
+    usable = frame[frame["status"].isin(list(USABLE))]
+    # the shipped checkpoint's flow head fills the posterior columns of every usable galaxy
+    assert len(usable) and np.isfinite(usable[["e1_sample", "e2_sample", "z_lo", "z_hi"]].to_numpy()).all()
     assert "predicted vs im3shape" in out and "galaxies/s" in out
     assert (workdir / "out" / "_report" / "report.html").is_file()
     # a second demo reuses the field (no new simulation) and starts the run over

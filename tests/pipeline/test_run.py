@@ -104,9 +104,15 @@ def test_predictions_equal_a_plain_predictor_on_the_same_stamps(finished_run, sm
     batch = source.fetch(frame["ra"].to_numpy(), frame["dec"].to_numpy(), size)
     frame_of = batch.frame  # the numpy entry point, given the batch's frame, is the run's path
     expected = predictor.predict(batch.images, batch.bands, batch.pixel_scale_arcsec, band_mask=batch.band_mask,
-                                 zeropoints=frame_of.zeropoints, survey=frame_of.survey)
+                                 zeropoints=frame_of.zeropoints, survey=frame_of.survey,
+                                 ids=frame["coadd_objects_id"].to_numpy())
     np.testing.assert_allclose(frame["e1_pred"], expected["e1_pred"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(frame["z_pred"], expected["z_pred"], rtol=1e-4, atol=1e-5)
+    # the posterior draw is seeded by the galaxy id: the run's draw is the plain Predictor's for that id (a
+    # checkpoint without a flow head leaves the flow columns null)
+    flow_columns = frame[["e1_sample", "e2_sample", "z_lo", "z_hi"]].to_numpy()
+    assert np.isfinite(flow_columns).all() if predictor.flow is not None else np.isnan(flow_columns).all()
+    np.testing.assert_allclose(frame["e1_sample"], expected["e1_sample"], rtol=1e-4, atol=1e-5)
     assert set(frame["model"]) == {predictor.model_id} == {summary.model_id}
 
 
