@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     e_true = truth[["e1", "e2"]].to_numpy()
 
     def predict(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = predictor.predict(images, source.bands, source.pixel_scale_arcsec, band_mask=mask, measure_recon=False)
+        frame = batch.frame  # the stamps' own survey and zeropoints (a tile's MAGZERO)
+        out = predictor.predict(images, frame.bands, frame.pixel_scale_arcsec, band_mask=mask, measure_recon=False,
+                                zeropoints=frame.zeropoints, survey=frame.survey)
         return out[["e1_pred", "e2_pred", "e_sigma_pred"]].to_numpy()
 
     full = predict(images, mask)
