@@ -137,3 +137,17 @@ def test_a_binary_configuration_file_is_named(tmp_path):
     path.write_bytes("model:\n  batch_size: 8  # caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
         load(RunConfig, path)
+
+
+def test_flow_settings_leave_the_other_stages_fingerprints_alone():
+    """Changing the flow head's settings must not stop the VAE, deblender or regressor stages from resuming."""
+    import dataclasses
+
+    from survey_deblend.config.training import TrainingConfig
+    from survey_deblend.training.stages import _fingerprint
+
+    base = TrainingConfig()
+    flow_changed = dataclasses.replace(base, flow=dataclasses.replace(base.flow, lr=1e-2))
+    for stage in ("vae", "deblender", "regressor"):
+        assert _fingerprint(base, stage) == _fingerprint(flow_changed, stage)
+    assert _fingerprint(base, "vae") != _fingerprint(dataclasses.replace(base, seed=1), "vae")

@@ -106,7 +106,8 @@ class TrainingConfig:
     regressor: StageConfig = field(
         default_factory=lambda: StageConfig(seed_stream=3, init_seed=3, epochs=20, lr=2e-3)
     )
-    flow: FlowStageConfig = field(default_factory=FlowStageConfig)
+    # the flow stage fingerprints its own section (training/flow.py); the other stages must not see it
+    flow: FlowStageConfig = field(default_factory=FlowStageConfig, metadata=NOT_HASHED)
     work_dir: Path = Path("train-work")  # per-stage state files (resume) and best weights
     output: Path = field(default=Path("survey_deblend/weights/deblender.pt"), metadata=NOT_HASHED)
     seed: int = 0
