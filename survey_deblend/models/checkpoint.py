@@ -186,3 +186,14 @@ def write_untrained_checkpoint(path: str | Path, seed: int = 0, arch: Architectu
     metadata["training_data"] = {"description": "untrained: random weights for tests", "seed": seed}
     metadata["train_stats"] = {"median_max": m_b}
     return save_checkpoint(path, Checkpoint(metadata=metadata, state=state))
+
+
+def plain_metadata(obj: Any) -> Any:
+    """JSON-like plain types (paths to strings, tuples to lists) for ``weights_only`` metadata."""
+    if isinstance(obj, dict):
+        return {str(k): plain_metadata(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_metadata(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -22,7 +22,7 @@ import torch
 
 from survey_deblend.config.training import TrainingConfig
 from survey_deblend.errors import SurveyDeblendError
-from survey_deblend.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from survey_deblend.models.checkpoint import Checkpoint, load_checkpoint, plain_metadata, save_checkpoint
 from survey_deblend.models.flow import FlowArchitecture, FlowHead, coverage_figures
 from survey_deblend.training.data import Normalizer, TrainingData, random_band_mask
 from survey_deblend.training.loop import Stage, StageResult, config_fingerprint, run_stage
@@ -173,7 +173,7 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
             "best_val_nll": float(result.best_val), "best_epoch": int(result.best_epoch),
             "history": result.history, "seconds": round(float(result.seconds), 1),
             "train_rows_per_s": float(result.train_images_per_s), "mask_draws": draws,
-            "settings": _plain(dataclasses.asdict(cfg.flow)),
+            "settings": plain_metadata(dataclasses.asdict(cfg.flow)),
         },
         "metrics": figures,
     }
@@ -220,14 +220,3 @@ def flow_figures(head: FlowHead, lat: Latents, regressor: torch.nn.Module | None
         fig.update({f"{k}_regressor": v for k, v in gauss.items() if k in ("rmse_e", "roundness", "z_sigma_nmad",
                                                                           "z_outliers")})
     return fig
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-like plain types (paths to strings, tuples to lists) for ``weights_only`` metadata."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -24,7 +24,13 @@ import torch
 from survey_deblend.config.hashing import hashed_values
 from survey_deblend.config.training import TrainingConfig
 from survey_deblend.errors import SurveyDeblendError
-from survey_deblend.models.checkpoint import Checkpoint, base_metadata, load_checkpoint, save_checkpoint
+from survey_deblend.models.checkpoint import (
+    Checkpoint,
+    base_metadata,
+    load_checkpoint,
+    plain_metadata,
+    save_checkpoint,
+)
 from survey_deblend.models.networks import Architecture, Decoder, Encoder, Regressor, gaussian_nll, kl_divergence
 from survey_deblend.training.data import Normalizer, TrainingData, random_band_mask
 from survey_deblend.training.loop import Stage, StageResult, autocast, config_fingerprint, run_stage
@@ -215,7 +221,7 @@ def train_regressor(cfg: TrainingConfig) -> StageResult:
     result = run_stage(spec, data.train_idx, data.val_idx, cfg.seed, Path(cfg.work_dir), cfg.progress)
     metadata = dict(previous.metadata)
     metadata["stages"] = {**metadata.get("stages", {}), "regressor": _stage_summary(result, stage)}
-    metadata["training_config"] = _plain(dataclasses.asdict(cfg))
+    metadata["training_config"] = plain_metadata(dataclasses.asdict(cfg))
     state = {**previous.state, "regressor": regressor.state_dict()}
     final = Checkpoint(metadata=metadata, state=state)
     t0 = time.perf_counter()
@@ -242,16 +248,5 @@ def _stage_summary(result: StageResult, stage: Any) -> dict[str, Any]:
         "history": result.history,
         "train_images_per_s": float(result.train_images_per_s),
         "seconds": round(float(result.seconds), 1),
-        "settings": _plain(dataclasses.asdict(stage)),
+        "settings": plain_metadata(dataclasses.asdict(stage)),
     }
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-like plain types (paths to strings, tuples to lists) for ``weights_only`` metadata."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
