@@ -118,10 +118,10 @@ def test_config_hash_follows_the_hashed_metadata():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("output.partition_rows=0", "output: partition_rows must be at least 1, got 0"),
-        ("model.batch_size=0", "model: batch_size must be at least 1, got 0"),
-        ("model.stamp_size_pix=-3", "model: stamp_size_pix must be at least 3"),
-        ("model.device=tpu", "model: device must be cpu, cuda, cuda:N, mps or null, got 'tpu'"),
+        ("output.partition_rows=0", "output.partition_rows must be at least 1, got 0"),
+        ("model.batch_size=0", "model.batch_size must be at least 1, got 0"),
+        ("model.stamp_size_pix=-3", "model.stamp_size_pix must be at least 3"),
+        ("model.device=tpu", "model.device must be cpu, cuda, cuda:N, mps or null, got 'tpu'"),
         ("catalog.cuts.snr_w_min=[1", "override 'catalog.cuts.snr_w_min=[1': the value is not valid YAML"),
     ],
 )

@@ -157,7 +157,10 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str = "", base: Any 
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+        message = str(exc)
+        if message.split(" ", 1)[0] in fields:  # a field's own check: name it by its dotted key
+            raise ConfigError(f"{prefix}{message}") from None
+        raise ConfigError(f"{where or cls.__name__}: {message}") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
