@@ -190,17 +190,11 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected dotted.key=value")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
-            node = child
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+            value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             raise ConfigError(f"override '{item}': the value is not valid YAML (quote it to keep it text)") from None
+        _set_dotted(data, key, value, f"override '{item}'")
     return data
 
 
@@ -208,15 +202,20 @@ def apply_values(data: dict[str, Any], values: Mapping[str, Any]) -> dict[str, A
     """Set ``dotted.key -> value`` pairs as they are (typed values of CLI options: never parsed as YAML)."""
     data = _deep_copy(data)
     for key, value in values.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"'{key}': '{part}' is not a section")
-            node = child
-        node[parts[-1]] = value
+        _set_dotted(data, key, value, f"'{key}'")
     return data
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, label: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key`` ``a.b.c``, creating sections; ``label`` names it in errors."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{label}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@ row must end with every selected galaxy exactly once, and the tally must see a d
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -14,16 +14,8 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load(name: str):
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fm = _load("faults_matrix")
+sys.path.insert(0, str(BENCHMARKS))  # the benchmark scripts import their sibling helper modules
+fm = importlib.import_module("faults_matrix")
 
 
 @pytest.fixture(scope="module")
