@@ -31,9 +31,10 @@ E = ["e1_pred", "e2_pred"]
 
 
 def rms(values: np.ndarray) -> float | None:
-    """Root mean square of all entries (per component when given (n, 2)); None for no entries."""
+    """Root mean square of all entries (per component when given (n, 2)), to 3 significant figures (so that a
+    small difference is not rounded to 0); None for no entries."""
     values = np.asarray(values, dtype=float)
-    return round(float(np.sqrt(np.mean(values**2))), 4) if values.size else None
+    return float(f"{np.sqrt(np.mean(values**2)):.3g}") if values.size else None
 
 
 class Replay:
