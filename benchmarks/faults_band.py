@@ -2,10 +2,11 @@
 
 A galaxy that lost a band under faults is predicted from its other bands; the question is whether its shape then
 moves by what losing that band costs the model and by nothing more. So the yardstick is made galaxy by galaxy:
-the fault-free stamps of the same galaxies (``TileSource`` on the same tiles: the SIA stamps equal them, a tested
-fact) with the same bands masked as the faulty run's ``bands_used`` says, predicted the way the run predicts
-(``pipeline.tasks.predict_shapes``, the galaxy's own id seeding its draw). Per fault run, over the galaxies that
-lost a band:
+the fault-free stamps of the same galaxies (fetched once more through the same source, the local SIA server without
+faults, so that each galaxy gets the same tile: in the middle of an overlap the SIA and tile sources may break the
+tie differently) with the same bands masked as the faulty run's ``bands_used`` says, predicted the way the run
+predicts (``pipeline.tasks.predict_shapes``, the galaxy's own id seeding its draw). Per fault run, over the
+galaxies that lost a band:
 
 - ``band_fault_shape_rms``: rms per component of e_pred, faulty run - fault-free run;
 - ``band_fault_masked_rms``: the same mask applied to the fault-free stamps - fault-free run (the model's own
@@ -38,9 +39,10 @@ def rms(values: np.ndarray) -> float | None:
 
 
 class Replay:
-    """The fault-free stamps of the galaxies the fault-free run predicted, and the run's way of predicting them."""
+    """The fault-free stamps of the galaxies the fault-free run predicted (from ``source``; None: the field's
+    tiles), and the run's way of predicting them."""
 
-    def __init__(self, field: fm.Field, ref: pd.DataFrame, checkpoint: Path | None = None) -> None:
+    def __init__(self, field: fm.Field, ref: pd.DataFrame, checkpoint: Path | None = None, source=None) -> None:
         from survey_deblend.catalog import select_galaxies
         from survey_deblend.cutouts.tiles import TileSource
         from survey_deblend.inference import Predictor
@@ -48,7 +50,8 @@ class Replay:
         cfg = fm.config(field, checkpoint, Path("unused"))
         table = select_galaxies(cfg.catalog).table.set_index("coadd_objects_id")
         self.ids = ref.index[np.isfinite(ref["e1_pred"].to_numpy(dtype=float))].to_numpy()
-        source, self.predictor = TileSource(field.tiles_dir), Predictor.from_checkpoint(checkpoint)
+        source = source if source is not None else TileSource(field.tiles_dir)
+        self.predictor = Predictor.from_checkpoint(checkpoint)
         size = self.predictor.source_stamp_size(source.pixel_scale_arcsec)
         self.batch = source.fetch(table.loc[self.ids, "ra"].to_numpy(), table.loc[self.ids, "dec"].to_numpy(), size)
         self.row = pd.Series(np.arange(len(self.ids)), index=self.ids)
@@ -104,6 +107,7 @@ def band_faults_rows(field: fm.Field, work: Path, client, seed: int, rows: list[
     without faults; ``line`` prints and returns a matrix row; returns the ``faults_band_faults`` line."""
     import json
 
+    from survey_deblend.cutouts import open_source
     from survey_deblend.cutouts.server import Faults, running_server
     from survey_deblend.cutouts.status import REQUIRED_BANDS
 
@@ -117,7 +121,9 @@ def band_faults_rows(field: fm.Field, work: Path, client, seed: int, rows: list[
         rows.append(line(name, out, field, seconds, error=error))
         frames[name] = fm.read_output(out).set_index("coadd_objects_id")
     ref = frames["band_faults_reference"]
-    replay = Replay(field, ref)
+    with running_server(field.tiles_dir) as url:  # the same source as the runs, without faults
+        cfg = fm.config(field, None, work / "replay", f"sia:{url}", *sia_sets)
+        replay = Replay(field, ref, source=open_source(cfg.images.source, cfg.images))
     result: dict[str, Any] = {
         "benchmark": "faults_band_faults", "galaxies": int(len(field.selected)),
         "predicted_frac_fault_free": round(float(np.isfinite(ref["e1_pred"].to_numpy(dtype=float)).mean()), 4),
