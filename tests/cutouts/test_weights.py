@@ -152,3 +152,18 @@ def test_batch_checks_noise_sigma_and_forgets_it_for_unused_bands():
     np.testing.assert_array_equal(batch.noise_sigma, [[1.0, np.nan], [np.nan, 1.0]])
     with pytest.raises(ValueError, match="noise_sigma shape"):
         CutoutBatch(batch.images, batch.band_mask, batch.status, frame, noise_sigma=np.ones((2, 3)))
+
+
+def test_faults_can_target_the_weight_maps_only(field):
+    import requests
+
+    ra, dec = field.radec("elongated")
+    with running_server(field.std, fault_injection=True) as url:
+        admin = f"{url.server.root_url}/admin/faults"
+        assert requests.get(f"{admin}?error_rate=1&product=wtmap", timeout=5).status_code == 200
+        assert url.server.faults.faults == Faults(error_rate=1.0, product="wtmap")
+        batch = quick(url, bands=("g",), retries=0).fetch(ra, dec, S)
+        assert batch.status[0] == st.OK and np.isnan(batch.noise_sigma[0, 0])
+        assert requests.get(f"{admin}?error_rate=1&product=image", timeout=5).status_code == 200
+        assert quick(url, bands=("g",), retries=0).fetch(ra, dec, S).status[0] == st.ERROR_HTTP
+        assert requests.get(f"{admin}?error_rate=1&product=bogus", timeout=5).status_code == 400
