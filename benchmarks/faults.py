@@ -5,14 +5,15 @@ checkpoint, ``measure_recon=false``, partitions of 10 galaxies, a LocalCluster o
 under each fault in turn: the local SIA server's injected faults (HTTP 503 at 0-50 %, timeouts, truncated and
 HTML bodies, NaN pixels, wrong-size cutouts), a worker SIGKILLed at the first finished part, the whole run
 SIGKILLed at three points and re-run with the same command, the disk full while parts are written (a tmpfs,
-root only), a tile file truncated on disk. One JSON line per row: ``selected``, ``written``, ``predicted``,
-``duplicated``, ``lost`` (read back from the Parquet), ``statuses``. Then ``band_faults``: about 250 galaxies
-through SIA under issue 14's bad night (5 % NaN, 5 % truncated, 5 % HTML, 20 % HTTP 503) with the default
-retries and with one retry, against the same run without faults: ``predicted_frac_band_faults``,
-``band_fault_shape_rms`` (rms per component of e_pred, faulty - fault-free, over the galaxies that lost a band;
-``_all``: over every galaxy predicted in both) next to ``band_dropout_rms`` (the rms shift when one band other
-than i is masked, on the same galaxies, as ``benchmarks/band_dropout.py`` measures it). The last line sums the
-matrix: ``duplicated``, ``lost``, ``predicted_frac_band_faults``.
+root only), a tile file truncated on disk (inside its science pixels), every weight map (``wtmap``) failing.
+One JSON line per row: ``selected``, ``written``, ``predicted``, ``duplicated``, ``lost`` (read back from the
+Parquet), ``statuses``. Then ``band_faults`` (``faults_band``): about 250 galaxies through SIA under issue 14's
+bad night (5 % NaN, 5 % truncated, 5 % HTML, 20 % HTTP 503) with the default retries and with one retry,
+against the same run without faults: ``predicted_frac_band_faults``, and like for like over the galaxies that
+lost a band, ``band_fault_shape_rms`` (faulty - fault-free), ``band_fault_masked_rms`` (the same bands masked on
+the fault-free stamps - fault-free: the model's own band-dropout scatter there) and ``band_fault_vs_masked_rms``
+(faulty - masked fault-free: ~0 when a faulted band leaves the others alone). The last line sums the matrix:
+``duplicated``, ``lost``, next to ``predicted_frac_band_faults`` and the band-fault keys.
 
     PYTHONPATH=. python benchmarks/faults.py            # the whole matrix (~15 min on a loaded 2-core VM)
     PYTHONPATH=. python benchmarks/faults.py --quick    # a short matrix on a smaller field
@@ -21,7 +22,6 @@ matrix: ``duplicated``, ``lost``, ``predicted_frac_band_faults``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -35,9 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import faults_band  # noqa: E402
 import faults_matrix as fm  # noqa: E402
 
-SIA_ROWS: dict[str, dict[str, float]] = {
+SIA_ROWS: dict[str, dict[str, Any]] = {
     "sia_503_0pct": {"error_rate": 0.0},
     "sia_503_10pct": {"error_rate": 0.10},
     "sia_503_25pct": {"error_rate": 0.25},
@@ -47,9 +48,9 @@ SIA_ROWS: dict[str, dict[str, float]] = {
     "sia_html_10pct": {"html_error_rate": 0.10},
     "sia_nan_10pct": {"nan_rate": 0.10},
     "sia_wrong_size_10pct": {"wrong_size_rate": 0.10},
+    "sia_wtmap_503_100pct": {"error_rate": 1.0, "product": "wtmap"},  # every weight map fails, no image does
 }
-QUICK_SIA = ("sia_503_0pct", "sia_503_25pct", "sia_truncated_10pct")
-BAD_NIGHT = {"error_rate": 0.20, "html_error_rate": 0.05, "truncate_rate": 0.05, "nan_rate": 0.05}
+QUICK_SIA = ("sia_503_0pct", "sia_503_25pct", "sia_truncated_10pct", "sia_wtmap_503_100pct")
 SIA_SETS = ("images.backoff_s=0.05", "images.timeout_s=10")
 
 
@@ -139,77 +140,6 @@ def tile_truncated_row(field: fm.Field, work: Path, client) -> dict:
     return line("tile_truncated", out, field, seconds, error=error, truncated=victim.name)
 
 
-def band_faults_rows(field: fm.Field, work: Path, client, seed: int, rows: list[dict]) -> dict:
-    """The bad night (default retries, then one retry so that many galaxies lose a band) against the same run
-    without faults, and the model's own band-dropout scatter on the same galaxies."""
-    from survey_deblend.cutouts.server import Faults, running_server
-
-    runs = (("band_faults_reference", None, ()), ("band_faults", Faults(seed=seed, **BAD_NIGHT), ()),
-            ("band_faults_retries1", Faults(seed=seed, **BAD_NIGHT), ("images.retries=1",)))
-    frames = {}
-    for name, faults, sets in runs:
-        out = work / name
-        with running_server(field.tiles_dir, faults=faults) as url:
-            cfg = fm.config(field, None, out, f"sia:{url}", *SIA_SETS, *sets)
-            error, seconds = fm.run_in_process(cfg, client)
-        rows.append(line(name, out, field, seconds, error=error))
-        frames[name] = fm.read_output(out).set_index("coadd_objects_id")
-    ref = frames["band_faults_reference"]
-    result = {
-        "benchmark": "faults_band_faults", "galaxies": int(len(field.selected)),
-        "predicted_frac_fault_free": round(float(np.isfinite(ref["e1_pred"].to_numpy(dtype=float)).mean()), 4),
-    }
-    for name, suffix in (("band_faults", ""), ("band_faults_retries1", "_retries1")):
-        bad = frames[name]
-        predicted = np.isfinite(bad["e1_pred"].to_numpy(dtype=float))
-        both = ref.join(bad.add_suffix("_bad"), how="inner")
-        both = both[np.isfinite(both["e1_pred"]) & np.isfinite(both["e1_pred_bad"])]
-        diff = both[["e1_pred_bad", "e2_pred_bad"]].to_numpy() - both[["e1_pred", "e2_pred"]].to_numpy()
-        masked = (both["bands_used_bad"] != both["bands_used"]).to_numpy()
-        result.update({
-            f"predicted_frac_band_faults{suffix}": round(float(predicted.sum() / len(field.selected)), 4),
-            f"galaxies_with_a_masked_band{suffix}": int(masked.sum()),
-            # per component, over the galaxies that lost a band / over all predicted in both runs
-            f"band_fault_shape_rms{suffix}": _rms(diff[masked]),
-            f"band_fault_shape_rms_all{suffix}": _rms(diff),
-        })
-    result["band_dropout_rms"] = band_dropout_rms(field, ref)
-    print(json.dumps(result), flush=True)
-    return result
-
-
-def _rms(values: np.ndarray) -> float | None:
-    return round(float(np.sqrt(np.mean(values**2))), 4) if values.size else None
-
-
-def band_dropout_rms(field: fm.Field, ref) -> float:
-    """Rms shift per component of e_pred when one band other than i is masked, pooled over those bands, on the
-    galaxies predicted in the fault-free run (the yardstick of ``benchmarks/band_dropout.py``)."""
-    from survey_deblend.catalog import select_galaxies
-    from survey_deblend.cutouts.status import REQUIRED_BANDS
-    from survey_deblend.cutouts.tiles import TileSource
-    from survey_deblend.inference import Predictor
-
-    table = select_galaxies(fm.config(field, None, Path("unused")).catalog).table.set_index("coadd_objects_id")
-    ids = ref.index[np.isfinite(ref["e1_pred"].to_numpy(dtype=float))]
-    source, predictor = TileSource(field.tiles_dir), Predictor.from_checkpoint()
-    batch = source.fetch(table.loc[ids, "ra"].to_numpy(), table.loc[ids, "dec"].to_numpy(),
-                         predictor.source_stamp_size(source.pixel_scale_arcsec))
-
-    def predict(batch) -> np.ndarray:
-        return predictor.predict_batch(batch, measure_recon=False)[["e1_pred", "e2_pred"]].to_numpy()
-
-    full, shifts = predict(batch), []
-    for b, band in enumerate(batch.bands):
-        if band in REQUIRED_BANDS:
-            continue
-        masked, zeroed = batch.band_mask.copy(), batch.images.copy()
-        masked[:, b], zeroed[:, b] = False, 0.0
-        shifts.append(predict(dataclasses.replace(batch, images=zeroed, band_mask=masked)) - full)
-    shifts = np.concatenate(shifts)
-    return round(float(np.sqrt(np.mean(shifts[np.isfinite(shifts).all(axis=1)] ** 2))), 4)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short matrix on a smaller field")
@@ -239,13 +169,13 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(run_killed_row(point, small, work))
         rows.append(disk_full_row(small, work, part_bytes))
         rows.append(tile_truncated_row(small, work, client))
-        band = band_faults_rows(large, work, client, args.seed, rows)
+        band = faults_band.band_faults_rows(large, work, client, args.seed, rows, line, SIA_SETS)
     rows = [r for r in rows if r]
     print(json.dumps({
         "benchmark": "faults_summary", "quick": args.quick, "rows": len(rows),
         **{k: int(sum(r[k] for r in rows)) for k in ("selected", "written", "predicted", "duplicated", "lost")},
         "predicted_frac_band_faults": band["predicted_frac_band_faults"],
-        **{k: v for k, v in band.items() if k.startswith(("band_", "galaxies_with"))},
+        **{k: v for k, v in band.items() if k.startswith(("band_", "galaxies_with", "predicted_frac_band"))},
         "seconds": round(time.perf_counter() - t0, 1), "load_1min": round(os.getloadavg()[0], 1),
     }), flush=True)
     tmp.cleanup()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from astropy.io import fits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,8 +217,14 @@ def fill_disk(path: Path, leave_bytes: int) -> Path:
 
 
 def truncate_tile(tiles_dir: Path, band: str) -> Path:
-    """Cut the first tile file of ``band`` to half its bytes (header intact, pixels cut short)."""
+    """Cut the first tile file of ``band`` in the middle of its science pixels (header intact, pixels and the
+    planes after them, such as the weight map, cut short)."""
+    from survey_deblend.cutouts.tiles import read_tile_info
+
     victim = sorted(p for p in tiles_dir.glob("*.fits") if p.stem.endswith(f"_{band}"))[0]
+    with fits.open(victim) as hdul:
+        info = hdul.fileinfo(read_tile_info(victim).hdu)
+    cut = info["datLoc"] + info["datSpan"] // 2
     with victim.open("r+b") as handle:
-        handle.truncate(victim.stat().st_size // 2)
+        handle.truncate(cut)
     return victim

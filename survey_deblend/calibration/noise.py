@@ -2,19 +2,20 @@
 
 From the stamp itself: the robust spread (1.4826 x median absolute deviation) of its border pixels, where a
 stamp of a sky-subtracted coadd is mostly sky; a neighbour's light on part of the border moves the median
-little. From a weight map (inverse variance) where the source has one: ``1 / sqrt(median weight)``.
+little. From a weight map (inverse variance) where the source has one: ``1 / sqrt(median weight)``
+(``weight_noise_sigma``, owned by ``cutouts.weights`` so that the sources fill ``CutoutBatch.noise_sigma``).
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
+from survey_deblend.cutouts.weights import weight_noise_sigma
 from survey_deblend.errors import InputError
 
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a Gaussian in units of its sigma
 BORDER_WIDTH = 3
+__all__ = ["MAD_TO_SIGMA", "border_noise_sigma", "border_pixels", "seeded_noise", "weight_noise_sigma"]
 
 
 def border_pixels(images: np.ndarray, width: int = BORDER_WIDTH) -> np.ndarray:
@@ -32,17 +33,6 @@ def border_noise_sigma(images: np.ndarray, width: int = BORDER_WIDTH) -> np.ndar
     border = border_pixels(np.asarray(images, dtype=np.float32), width)
     med = np.median(border, axis=-1, keepdims=True)
     return (MAD_TO_SIGMA * np.median(np.abs(border - med), axis=-1)).astype(np.float64)
-
-
-def weight_noise_sigma(weights: np.ndarray) -> np.ndarray:
-    """Per stamp and band ``(N, B)`` from inverse-variance weight maps ``(N, B, S, S)``: 1 / sqrt(median of the
-    positive weights); 0 where a band has no positive weight (absent)."""
-    w = np.asarray(weights, dtype=np.float64)
-    w = np.where(w > 0, w, np.nan).reshape(*w.shape[:2], -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-zero band: NaN median, handled below
-        med = np.nanmedian(w, axis=-1) if w.size else np.zeros(w.shape[:2])
-    return np.where(np.isfinite(med) & (med > 0), 1.0 / np.sqrt(np.where(med > 0, med, 1.0)), 0.0)
 
 
 def seeded_noise(ids: np.ndarray, sigma: np.ndarray, stamp_size: int, seed: int = 0) -> np.ndarray:

@@ -30,6 +30,9 @@ class ImagesConfig:
     # SIA: an image serving at least this many galaxies of the run is downloaded whole once (cached) and cut
     # locally instead of one cutout request per galaxy; 0: never (always cutouts).
     whole_image_threshold: int = 500
+    # Fetch each image's weight map (SIA ``wtmap`` rows: one more request per band, or one more whole image; a
+    # tile's WGT plane) for the stamps' noise level (``CutoutBatch.noise_sigma``); false: none (border estimate).
+    fetch_weights: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -33,7 +33,8 @@ def open_source(spec: str | None, cfg: ImagesConfig | None = None, cache_dir: st
     if kind == "tiles" and rest:
         from survey_deblend.cutouts.tiles import TileSource
 
-        return TileSource(rest, bands=cfg.bands, pixel_scale_arcsec=cfg.pixel_scale_arcsec)
+        return TileSource(rest, bands=cfg.bands, pixel_scale_arcsec=cfg.pixel_scale_arcsec,
+                          fetch_weights=cfg.fetch_weights)
     if kind in ("sia", "datalab"):
         from survey_deblend.cutouts.sia import SIASource
 

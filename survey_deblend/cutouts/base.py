@@ -23,13 +23,17 @@ STATUS_WIDTH = 24  # characters of the status array's dtype
 class CutoutBatch:
     """Stamps for N rows: ``images`` (N, B, S, S) float32, ``band_mask`` (N, B) bool, ``status`` (N,) str,
     the photometric ``frame`` of their pixels (survey, bands, pixel scale, zeropoints), and ``failed_bands``
-    (N,) str: the bands whose fetch failed and why (``"r:error_http Y:error_nan"``; empty when none did)."""
+    (N,) str: the bands whose fetch failed and why (``"r:error_http Y:error_nan"``; empty when none did), and
+    ``noise_sigma`` (N, B) float: the pixel noise of each stamp and band in the batch's flux units, from the
+    source's weight map (``calibration.noise.weight_noise_sigma``), NaN where unknown (no weight, a failed or
+    absent band); None when the source gives no weights (metacalibration then estimates it from the border)."""
 
     images: np.ndarray
     band_mask: np.ndarray
     status: np.ndarray
     frame: PhotometricFrame
     failed_bands: np.ndarray | None = None
+    noise_sigma: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # wide enough for every status, so that assigning a longer one later never truncates it
@@ -46,6 +50,11 @@ class CutoutBatch:
         self.failed_bands = np.asarray(self.failed_bands, dtype=f"<U{width}").reshape(-1)
         if len(self.failed_bands) != n:
             raise ValueError(f"failed_bands of {len(self.failed_bands)} rows for {n} rows")
+        if self.noise_sigma is not None:
+            self.noise_sigma = np.asarray(self.noise_sigma, dtype=np.float64)
+            if self.noise_sigma.shape != (n, len(self.bands)):
+                raise ValueError(f"noise_sigma shape {self.noise_sigma.shape} does not match {n} rows x "
+                                 f"{len(self.bands)} bands")
 
     def __len__(self) -> int:
         return len(self.status)
@@ -86,8 +95,11 @@ class CutoutBatch:
         return dict(sorted(Counter(str(s) for s in self.status).items()))
 
     def settle(self, band_status: np.ndarray) -> None:
-        """Set the band mask, each row's status and its failed bands from the per-band statuses ``(N, B)``."""
+        """Set the band mask, each row's status and its failed bands from the per-band statuses ``(N, B)``; the
+        noise level of a band whose pixels are not used becomes NaN (unknown)."""
         self.band_mask[:] = np.isin(band_status, list(st.USABLE))
+        if self.noise_sigma is not None:
+            self.noise_sigma[~self.band_mask] = np.nan
         self.status[:] = [st.combine_band_statuses(list(row), self.bands) for row in band_status]
         self.failed_bands[:] = [st.failed_bands(self.bands, list(row)) for row in band_status]
 

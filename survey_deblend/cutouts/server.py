@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from astropy.io import fits
 
-from survey_deblend.cutouts.datalab_schema import ServedImage, answer
+from survey_deblend.cutouts.datalab_schema import PRODTYPE_OF_PLANE, ServedImage, answer
 from survey_deblend.cutouts.geometry import tangent_offsets_deg
 from survey_deblend.cutouts.tiles import TileInfo, index_tiles, open_science
 from survey_deblend.errors import ConfigError, InputError
@@ -49,6 +49,7 @@ class Faults:
     delay_s: float = 0.0
     delay_rate: float = 1.0
     on_query: bool = False  # also inject into SIA queries (503 / HTML / delay only)
+    product: str | None = None  # only into requests for this product of an image (``image``, ``wtmap``); None: all
     max_faults: int | None = None
     seed: int = 0
 
@@ -56,6 +57,8 @@ class Faults:
         rates = (self.error_rate, self.html_error_rate, self.truncate_rate, self.wrong_size_rate, self.nan_rate)
         if any(r < 0 for r in rates) or sum(rates) > 1 or not 0 <= self.delay_rate <= 1 or self.delay_s < 0:
             raise ValueError(f"fault rates must be probabilities summing to at most 1: {self}")
+        if self.product not in (None, *PRODTYPE_OF_PLANE.values()):
+            raise ValueError(f"fault product '{self.product}': expected one of {sorted(PRODTYPE_OF_PLANE.values())}")
 
 
 class FaultDraw:
@@ -69,10 +72,10 @@ class FaultDraw:
         self._lock = threading.Lock()
         self.injected = 0
 
-    def draw(self, is_query: bool) -> tuple[str | None, float]:
-        """(fault kind or None, delay in seconds) for one request."""
+    def draw(self, is_query: bool, product: str | None = None) -> tuple[str | None, float]:
+        """(fault kind or None, delay in seconds) for one request (of ``product`` for a cutout or image)."""
         f = self.faults
-        if is_query and not f.on_query:
+        if (is_query and not f.on_query) or (not is_query and f.product is not None and product != f.product):
             return None, 0.0
         with self._lock:
             u, v = self._rng.random(), self._rng.random()
@@ -133,6 +136,7 @@ class SIAServer(ThreadingHTTPServer):
         self.tiles = index_tiles(tiles_dir)
         self.images = [ServedImage.of(t) for t in self.tiles]
         self.by_name = {t.path.name: t for t in self.tiles}
+        self.products = {i.tile.path.name: {e: p for p, e in i.extensions.items()} for i in self.images}
         self.collection = collection
         self.fault_injection = fault_injection
         self.long_bandpass = long_bandpass
@@ -256,11 +260,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(sent)
         self.server.count(getattr(self, "endpoint", "other"), len(sent))
 
-    def _fault(self, is_query: bool) -> str | None:
+    def _fault(self, is_query: bool, product: str | None = None) -> str | None:
         """Apply the delay and the error faults; returns the content fault left for the caller, if any."""
         if not self.server.fault_injection:
             return None
-        kind, delay = self.server.faults.draw(is_query)
+        kind, delay = self.server.faults.draw(is_query, product)
         if delay:
             threading.Event().wait(delay)
         if kind == "error":
@@ -289,10 +293,12 @@ class _Handler(BaseHTTPRequestHandler):
         whole = "POS" not in params and "SIZE" not in params
         self.endpoint = "image" if whole else "cutout"
         self.server.count(self.endpoint)
-        kind = self._fault(is_query=False)
+        name, extn_text = params.get("SIAREF", ""), params.get("EXTN", "1")
+        product = self.server.products.get(name, {}).get(int(extn_text) if extn_text.isdigit() else -1)
+        kind = self._fault(is_query=False, product=product)
         if kind == "sent":
             return
-        tile = self.server.by_name.get(params.get("SIAREF", ""))
+        tile = self.server.by_name.get(name)
         if tile is None:
             self._send(404, f"no such image: {params.get('SIAREF', '')}".encode(), "text/plain")
             return
@@ -330,7 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
                     raise ValueError(f"unknown fault '{key.lower()}'")
                 kind = Faults.__dataclass_fields__[name].type
                 values[name] = (raw.lower() in ("1", "true")) if kind == "bool" else (
-                    None if raw == "" else int(raw) if kind in ("int", "int | None") else float(raw))
+                    None if raw == "" else raw if kind == "str | None" else
+                    int(raw) if kind in ("int", "int | None") else float(raw))
             faults = Faults(**values)
         except (TypeError, ValueError) as exc:
             self._send(400, f"bad faults: {exc}".encode(), "text/plain")

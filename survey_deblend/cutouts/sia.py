@@ -7,7 +7,10 @@ shared with ``TileSource``); the choice travels with the rows, so a worker never
 ``SIZE``, keeping its ``col``, ``siaRef`` and ``extn``), or cuts it locally from the whole image (downloaded
 once, cached) when the service has no cutout endpoint or ``use_cutout_service`` is off. Requests run on a small
 thread pool, only to the configured host, with retries and an on-disk cache; every failure ends as a band
-status (``cutouts.status``), never an exception.
+status (``cutouts.status``), never an exception. With ``fetch_weights`` the image's weight map (its ``wtmap``
+row: same file, own ``extn``) is fetched the same way for every stamp whose pixels came (one more request per
+stamp and band, or one more whole image) and gives ``CutoutBatch.noise_sigma``; a failed weight leaves NaN
+there, never a lost band.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from survey_deblend.cutouts.geometry import cut_stamps, tangent_offsets_deg
 from survey_deblend.cutouts.http import GuardedHTTP, write_atomic
 from survey_deblend.cutouts.sia_answer import TileRecord, query_params, tile_records
 from survey_deblend.cutouts.tiles import cut_from_file
+from survey_deblend.cutouts.weights import stamp_sigma
 from survey_deblend.errors import InputError
 from survey_deblend.surveys import DES_BANDS, PhotometricFrame, pixel_scale
 
@@ -90,6 +94,7 @@ class SIASource(CutoutSource):
         cutout_collection: str = "des_sva1", concurrency: int = 4, timeout_s: float = 30.0, retries: int = 4,
         backoff_s: float = 1.0, cache_dir: str | Path | None = None, use_cutout_service: bool = True,
         cell_deg: float = CELL_DEG, whole_image_threshold: int = ImagesConfig.whole_image_threshold,
+        fetch_weights: bool = True,
     ) -> None:
         self.base_url = str(base_url)
         self.bands = tuple(bands)
@@ -99,6 +104,7 @@ class SIASource(CutoutSource):
         self.use_cutout_service = use_cutout_service
         self.cell_deg = float(cell_deg)
         self.whole_image_threshold = int(whole_image_threshold)
+        self.fetch_weights = bool(fetch_weights)
         self.http = GuardedHTTP(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
                                 cache_dir=cache_dir)
         parts = urlsplit(base_url)
@@ -115,6 +121,7 @@ class SIASource(CutoutSource):
             concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
             cache_dir=cache_dir if cache_dir is not None else cfg.cache_dir,
             use_cutout_service=cfg.use_cutout_service, whole_image_threshold=cfg.whole_image_threshold,
+            fetch_weights=cfg.fetch_weights,
         )
 
     def __repr__(self) -> str:
@@ -326,6 +333,9 @@ class SIASource(CutoutSource):
             raise ValueError(f"tile choice of {len(choice)} rows for {n} positions")
         frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, choice.zeropoints)
         batch = CutoutBatch.empty(n, frame, size_pix)
+        weights = self.fetch_weights and any(t.weight() is not None for t in choice.tiles)
+        if weights:
+            batch.noise_sigma = np.full((n, len(self.bands)), np.nan)
         band_status = np.full((n, len(self.bands)), st.NO_COVERAGE, dtype=object)
         failed = choice.failure != ""
         band_status[failed, :] = choice.failure[failed, None]
@@ -334,25 +344,51 @@ class SIASource(CutoutSource):
         tasks = [(b, tile, rows[k : k + 1] if tile.ref not in choice.whole_image else rows)
                  for b, tile, rows in jobs for k in range(len(rows) if tile.ref not in choice.whole_image else 1)]
 
-        def run(task: tuple) -> tuple[np.ndarray, list]:
+        def run(task: tuple) -> tuple[np.ndarray, list, np.ndarray | None]:
             _, tile, rows = task
-            if tile.ref not in choice.whole_image:
-                return self._safe(tile, ra[rows], dec[rows], size_pix)
-            try:
-                stamps, statuses = self.cut_from_image(tile, ra[rows], dec[rows], size_pix)
-            except Exception as exc:  # as in _safe: an odd answer becomes a status, never a crash
-                warn(f"whole image {tile.ref} failed: {exc!r}")
-                stamps = np.zeros((len(rows), size_pix, size_pix), dtype=np.float32)
-                statuses = [st.ERROR_BAD_FITS] * len(rows)
-            return stamps, list(statuses)
+            whole = tile.ref in choice.whole_image
+            stamps, statuses = self._stamps(tile, ra[rows], dec[rows], size_pix, whole)
+            sigma = self._weight_sigma(tile, ra[rows], dec[rows], size_pix, whole, statuses) if weights else None
+            return stamps, statuses, sigma
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             results = list(pool.map(run, tasks))
-        for (b, tile, rows), (stamps, statuses) in zip(tasks, results, strict=True):
-            batch.images[rows, b] = stamps * zeropoint_factor(tile.zeropoint, frame.zeropoints[b])
+        for (b, tile, rows), (stamps, statuses, sigma) in zip(tasks, results, strict=True):
+            factor = zeropoint_factor(tile.zeropoint, frame.zeropoints[b])
+            batch.images[rows, b] = stamps * factor
             band_status[rows, b] = statuses
+            if sigma is not None:
+                batch.noise_sigma[rows, b] = sigma * factor
         batch.settle(band_status)
         return batch
+
+    def _stamps(self, tile: TileRecord, ra: np.ndarray, dec: np.ndarray, size_pix: int,
+                whole: bool) -> tuple[np.ndarray, list]:
+        """Stamps and statuses of rows of one image: one cutout each, or cut from the whole image (``whole``)."""
+        if not whole:
+            return self._safe(tile, ra, dec, size_pix)
+        try:
+            stamps, statuses = self.cut_from_image(tile, ra, dec, size_pix)
+        except Exception as exc:  # as in _safe: an odd answer becomes a status, never a crash
+            warn(f"whole image {tile.ref} failed: {exc!r}")
+            stamps = np.zeros((len(ra), size_pix, size_pix), dtype=np.float32)
+            statuses = [st.ERROR_BAD_FITS] * len(ra)
+        return stamps, list(statuses)
+
+    def _weight_sigma(self, tile: TileRecord, ra: np.ndarray, dec: np.ndarray, size_pix: int, whole: bool,
+                      statuses: list) -> np.ndarray:
+        """Noise per pixel (n,) from the image's weight map, in the image's units, for the rows whose science
+        stamp came (the others need none); NaN where the weight could not be had (after its own retries)."""
+        sigma = np.full(len(ra), np.nan)
+        weight = tile.weight()
+        wanted = np.flatnonzero(np.isin(np.asarray(statuses, dtype=object), list(st.USABLE)))
+        if weight is None or not len(wanted):
+            return sigma
+        stamps, got = self._stamps(weight, ra[wanted], dec[wanted], size_pix, whole)
+        good = np.isin(np.asarray(got, dtype=object), list(st.USABLE))
+        if good.any():
+            sigma[wanted[good]] = stamp_sigma(stamps[good], 1.0)
+        return sigma
 
 
 def _votable_problem(body: bytes) -> str | None:

@@ -10,6 +10,7 @@ the spatial limits, else ``s_fov``, else the size of a DES coadd tile.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import re
@@ -56,6 +57,14 @@ class TileRecord(TileRef):
             ex, ey = x1 - x0, y1 - y0
             depth = np.minimum(depth, (ex * (eta - y0) - ey * (xi - x0)) / math.hypot(ex, ey))
         return np.where(np.isfinite(depth), depth, -np.inf)
+
+    def weight(self) -> TileRecord | None:
+        """The image's weight map as a record of its own (same file and footprint, the ``wtmap`` row's access URL
+        and extension), or None when the answer listed none or its URL names no extension."""
+        extn = _number(query_params(self.weight_url).get("EXTN")) if self.weight_url else None
+        if extn is None:
+            return None
+        return dataclasses.replace(self, extn=int(extn), url=self.weight_url, weight_url="")
 
 
 def query_params(url: str) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Stamps from a directory of coadd tiles: one FITS (or .fits.fz) per tile and band, SCI in HDU 1 (or by name).
 
+A tile with a weight plane (``EXTNAME WGT``, inverse variance, as DES coadd files have) also gives each stamp's
+noise level (``CutoutBatch.noise_sigma``, ``cutouts.weights``).
+
 The directory is indexed once (headers only); the index is small and pickles with the source. The tile choice
 (``plan``, shared with ``SIASource`` through ``cutouts.choice``) is made once; a fetch opens each tile-band
 once (memory-mapped, or tile-wise decompression for .fz; ``open_science``, shared with the SIA source and the
@@ -30,6 +33,7 @@ from survey_deblend.cutouts.choice import (
     zeropoint_factor,
 )
 from survey_deblend.cutouts.geometry import cut_stamps, edge_distance_pix, pixel_scale_arcsec, tangent_offsets_deg
+from survey_deblend.cutouts.weights import WEIGHT_EXTNAME, stamp_sigma
 from survey_deblend.errors import InputError
 from survey_deblend.surveys import DES_BANDS, PhotometricFrame
 
@@ -52,6 +56,7 @@ class TileInfo:
     shape: tuple[int, int]  # (ny, nx)
     header: str
     zeropoint: float | None = None  # MAGZERO of the image (or of the primary header); None when absent
+    weight_hdu: int | None = None  # the inverse-variance weight plane (EXTNAME WGT) of the same file, if any
     _wcs: dict[int, WCS] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -117,12 +122,21 @@ def _science_hdu(hdul: fits.HDUList) -> int:
     raise InputError("no 2-D image in HDU 0 or 1")
 
 
+def _weight_hdu(hdul: fits.HDUList) -> int | None:
+    """Index of the weight plane (``EXTNAME WGT``, 2-D), or None."""
+    for i, hdu in enumerate(hdul):
+        if hdu.header.get("EXTNAME", "").strip().upper() == WEIGHT_EXTNAME and hdu.header.get("NAXIS", 0) == 2:
+            return i
+    return None
+
+
 def read_tile_info(path: str | Path) -> TileInfo:
     """Index one tile file from its header; a file that is not FITS or lacks a celestial WCS raises InputError."""
     path = Path(path)
     try:
         with fits.open(path, memmap=True) as hdul:
             index = _science_hdu(hdul)
+            weight_hdu = _weight_hdu(hdul)
             header = hdul[index].header.copy()
             zeropoint = header.get("MAGZERO", hdul[0].header.get("MAGZERO"))
     except InputError as exc:
@@ -151,7 +165,8 @@ def read_tile_info(path: str | Path) -> TileInfo:
     except (TypeError, ValueError):
         raise InputError(f"{path}: MAGZERO '{zeropoint}' is not a number") from None
     compact = wcs.celestial.to_header(relax=True).tostring()
-    return TileInfo(path=path, tile=tile, band=band, hdu=index, shape=shape, header=compact, zeropoint=zeropoint)
+    return TileInfo(path=path, tile=tile, band=band, hdu=index, shape=shape, header=compact, zeropoint=zeropoint,
+                    weight_hdu=weight_hdu)
 
 
 def index_tiles(tiles_dir: str | Path, bands: tuple[str, ...] | None = None) -> list[TileInfo]:
@@ -213,10 +228,14 @@ class TileSource(CutoutSource):
     Zeropoints come from each tile's ``MAGZERO`` (a tile without one is an InputError at indexing). When the
     tiles of one band disagree, the frame takes the band's most common zeropoint and stamps of the other tiles
     are rescaled to it (``choice.reference_zeropoints``), so a batch holds one zeropoint per band.
+
+    With ``fetch_weights`` and tiles that carry a weight plane, batches hold ``noise_sigma`` from it (NaN for a
+    tile without one, or whose weights cannot be read); otherwise ``noise_sigma`` is None.
     """
 
     def __init__(
         self, tiles_dir: str | Path, bands: tuple[str, ...] = DES_BANDS, pixel_scale_arcsec: float | None = None,
+        fetch_weights: bool = True,
     ) -> None:
         self.tiles_dir = Path(tiles_dir)
         self.bands = tuple(bands)
@@ -231,6 +250,7 @@ class TileSource(CutoutSource):
             pixel_scale_arcsec = round(float(np.median([pixel_scale_arcsec_of(t) for t in self.tiles])), 6)
         self.pixel_scale_arcsec = float(pixel_scale_arcsec)
         self.zeropoints = reference_zeropoints(self.bands, [t.ref for t in self.tiles])
+        self.fetch_weights = bool(fetch_weights) and any(t.weight_hdu is not None for t in self.tiles)
 
     def __repr__(self) -> str:
         return f"TileSource({str(self.tiles_dir)!r}, bands={self.bands}, {len(self.tiles)} tile files)"
@@ -287,6 +307,8 @@ class TileSource(CutoutSource):
             raise ValueError(f"tile choice of {len(choice)} rows for {len(ra)} positions")
         frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, choice.zeropoints)
         batch = CutoutBatch.empty(len(ra), frame, size_pix)
+        if self.fetch_weights:
+            batch.noise_sigma = np.full((len(ra), len(self.bands)), np.nan)
         band_status = np.full((len(ra), len(self.bands)), st.NO_COVERAGE, dtype=object)
         for b in range(len(self.bands)):
             for ref, rows in choice.groups(b):
@@ -299,10 +321,24 @@ class TileSource(CutoutSource):
                     warnings.warn(f"{exc}; rows marked {st.ERROR_BAD_FITS}", RuntimeWarning, stacklevel=2)
                     band_status[rows, b] = st.ERROR_BAD_FITS
                     continue
-                batch.images[rows, b] = stamps * zeropoint_factor(tile.zeropoint, frame.zeropoints[b])
+                factor = zeropoint_factor(tile.zeropoint, frame.zeropoints[b])
+                batch.images[rows, b] = stamps * factor
                 band_status[rows, b] = status
+                if batch.noise_sigma is not None and tile.weight_hdu is not None:
+                    batch.noise_sigma[rows, b] = self._noise_sigma(tile, ra[rows], dec[rows], size_pix, factor)
         batch.settle(band_status)
         return batch
+
+    def _noise_sigma(self, tile: TileInfo, ra: np.ndarray, dec: np.ndarray, size_pix: int, factor: float) -> np.ndarray:
+        """Noise per pixel of each stamp from the tile's weight plane, in the batch's units; NaN if unreadable
+        (a bad weight plane is not a fault of the galaxy: its science pixels stand)."""
+        try:
+            weights, _ = cut_from_file(tile.path, tile.weight_hdu, ra, dec, size_pix, self.pixel_scale_arcsec,
+                                       wcs=tile.wcs)
+        except InputError as exc:
+            warnings.warn(f"{exc} (weight plane); noise_sigma unknown there", RuntimeWarning, stacklevel=3)
+            return np.full(len(ra), np.nan)
+        return stamp_sigma(weights, factor)
 
 
 def pixel_scale_arcsec_of(tile: TileInfo) -> float:

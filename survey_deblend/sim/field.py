@@ -5,12 +5,13 @@ Tiles are stacked north-south with ``overlap_pix`` shared rows (default a tenth 
 overlap; galaxies are drawn uniformly over the footprint at ``density_per_arcmin2`` (so blends occur) from
 the population of ``sim.population`` (per-galaxy shear), rendered with the same Fourier renderer as the LSST
 stamps at the DES pixel scale with DES PSFs, and the DES full-depth sky noise (Gaussian, sky only) is added
-per tile and band. A galaxy in an overlap is drawn into both tiles. With ``shear = (g1, g2)`` one constant
-shear acts on the whole field instead of a shear per galaxy: every galaxy's shape, and the positions about the
-field centre (GalSim's shear matrix, +x West), so two fields made with the same seed and opposite shears differ
-only in the sign of the shear (a paired shear test through the real ``run``). Tile names follow the DES pattern from
-the tile centre (``DES0530-5000_r0001p01_g.fits``); when two small tiles would round to one name, the later
-one's declination minutes are bumped so names stay unique.
+per tile and band; each tile file carries the matching inverse-variance weight plane (``WGT``, as DES coadd
+files do). A galaxy in an overlap is drawn into both tiles. With ``shear = (g1, g2)`` one constant shear acts
+on the whole field instead of a shear per galaxy: every galaxy's shape, and the positions about the field
+centre (GalSim's shear matrix, +x West), so two fields made with the same seed and opposite shears differ
+only in the sign of the shear (a paired shear test through the real ``run``). Tile names follow the DES pattern
+from the tile centre (``DES0530-5000_r0001p01_g.fits``); when two small tiles would round to one name, the
+later one's declination minutes are bumped so names stay unique.
 """
 
 from __future__ import annotations
@@ -190,8 +191,10 @@ def _paste(image: np.ndarray, stamp: np.ndarray, ix: int, iy: int) -> None:
         image[:, y0 + ys : y0 + ye, x0 + xs : x0 + xe] += stamp[:, ys:ye, xs:xe]
 
 
-def write_tile(tile: Tile, tiles_dir: Path, image: np.ndarray) -> list[Path]:
-    """One FITS file per band: empty primary HDU, SCI in HDU 1 with the TAN WCS and MAGZERO = 30."""
+def write_tile(tile: Tile, tiles_dir: Path, image: np.ndarray, sky_sigma: np.ndarray) -> list[Path]:
+    """One FITS file per band as a DES coadd file: empty primary HDU, SCI in HDU 1 with the TAN WCS and
+    MAGZERO = 30, WGT in HDU 2 with the inverse variance of the noise that was added (1 / ``sky_sigma``^2 of
+    the band, every pixel: the simulated noise is the sky's, uniform over the tile)."""
     paths = []
     for b, band in enumerate(DES_BANDS):
         facts = band_facts("DES", band)
@@ -203,7 +206,9 @@ def write_tile(tile: Tile, tiles_dir: Path, image: np.ndarray) -> list[Path]:
         header["SKYSIGMA"] = (facts.sky_sigma, "sky noise per pixel, coadd units (simulated)")
         header["PSF_FWHM"] = (facts.psf_fwhm_arcsec, "PSF FWHM used for the simulation, arcsec")
         header["ORIGIN"] = "survey-deblend simulated DES-like coadd"
-        hdus = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data=image[b], header=header, name="SCI")])
+        weight = np.full(image.shape[1:], 1.0 / float(sky_sigma[b]) ** 2, dtype=np.float32)
+        hdus = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data=image[b], header=header, name="SCI"),
+                             fits.ImageHDU(data=weight, header=tile.header(), name="WGT")])
         path = tile.path(tiles_dir, band)
         hdus.writeto(path, overwrite=True)
         paths.append(path)
@@ -235,7 +240,7 @@ def make_des_field(
         rng = sample_rng(cfg.seed, 1, t)
         sigma = np.array([band_facts("DES", b).sky_sigma for b in DES_BANDS], dtype=np.float32)
         image += rng.standard_normal(image.shape, dtype=np.float32) * sigma[:, None, None]
-        write_tile(tile, tiles_dir, image)
+        write_tile(tile, tiles_dir, image, sigma)
     truth = truth_table(pop, ra, dec, np.nan_to_num(snr), tiles)
     truth.to_parquet(out / "truth.parquet", index=False)
     objects = catalog_objects(truth, cfg)

@@ -95,8 +95,10 @@ def test_whole_images_are_served_per_extension(datalab_field, field, tmp_path):
     expected = TileSource(field.std, bands=BANDS).fetch(ra, dec, S)
     with running_server(datalab_field) as url:
         batch = quick(url, use_cutout_service=False, cache_dir=tmp_path).fetch(ra, dec, S)
-        assert url.server.request_counts["image"] == 9 and url.server.request_counts["cutout"] == 0
+        # 9 science images and their 9 weight maps (the wtmap extension of each file), each once
+        assert url.server.request_counts["image"] == 18 and url.server.request_counts["cutout"] == 0
     np.testing.assert_array_equal(batch.images, expected.images)
+    np.testing.assert_array_equal(batch.noise_sigma, expected.noise_sigma)
 
 
 def _votable(rows: list[dict]) -> bytes:
@@ -214,7 +216,8 @@ def test_dense_images_are_downloaded_whole_and_sparse_ones_cut_remotely(datalab_
         assert {m for ref, m in modes.items() if ref.startswith("DES0001")} == {"cutouts"}
         batch = source.fetch(ra, dec, S, choice=choice)
         counts = dict(url.server.request_counts)
-        assert counts["image"] == 5 and counts["cutout"] == 4  # 5 bands of tile 0 once; 4 bands of "round"
+        # 5 bands of tile 0 once, 4 bands of "round" by cutout; each with its weight map the same way
+        assert counts["image"] == 10 and counts["cutout"] == 8
         assert url.server.bytes_sent["image"] > 0
         source.fetch(ra, dec, S, choice=choice)  # again: every image and cutout comes from the cache
         assert dict(url.server.request_counts) == counts

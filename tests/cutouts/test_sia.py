@@ -51,7 +51,9 @@ def test_whole_tile_fallback_equals_tile_stamps(field, tmp_path):
         batch = quick(url, cache_dir=tmp_path, use_cutout_service=False).fetch(ra, dec, S)
         counts = dict(url.server.request_counts)
     np.testing.assert_array_equal(batch.images, expected.images)
-    assert counts.get("cutout", 0) == 0 and counts["image"] == 9  # 5 bands of tile 0 and 4 of tile 1, once each
+    np.testing.assert_array_equal(batch.noise_sigma, expected.noise_sigma)
+    # 5 bands of tile 0 and 4 of tile 1, once each, and the weight map of each once
+    assert counts.get("cutout", 0) == 0 and counts["image"] == 18
 
 
 def test_second_fetch_is_served_from_the_cache(field, tmp_path):
@@ -97,7 +99,7 @@ def test_transient_errors_are_recovered_by_retrying(field, tmp_path):
     expected = TileSource(field.std, bands=("g",)).fetch(ra, dec, S)
     with running_server(field.std, faults=Faults(error_rate=1.0, max_faults=2)) as url:
         batch = quick(url, bands=("g",), retries=2, concurrency=1).fetch(ra, dec, S)
-        assert url.server.request_counts["cutout"] == 4
+        assert url.server.request_counts["cutout"] == 6  # 2 faults, 2 stamps, their 2 weight cutouts
     np.testing.assert_array_equal(batch.images, expected.images)
     assert list(batch.status) == [st.OK, st.OK]
 
@@ -249,8 +251,9 @@ def test_a_band_failing_after_its_retries_is_masked_and_the_galaxy_kept(field):
     # one worker, bands in order: the first three requests (g, tried three times) get NaN pixels
     with running_server(field.std, faults=Faults(nan_rate=1.0, max_faults=3)) as url:
         batch = quick(url, bands=("g", "r"), retries=2, concurrency=1).fetch(ra, dec, S)
-        assert url.server.request_counts["cutout"] == 4
+        assert url.server.request_counts["cutout"] == 5  # g three times, r and its weight once (no g weight)
     assert batch.status[0] == st.OK and batch.failed_bands[0] == "g:error_nan"
+    assert np.isnan(batch.noise_sigma[0, 0]) and batch.noise_sigma[0, 1] == expected.noise_sigma[0, 1]
     assert list(batch.band_mask[0]) == [False, True]
     assert np.all(batch.images[0, 0] == 0)
     np.testing.assert_array_equal(batch.images[0, 1], expected.images[0, 1])
