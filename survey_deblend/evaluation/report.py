@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from survey_deblend.evaluation import plots
+from survey_deblend.evaluation.calibrated import calibration_section
 from survey_deblend.evaluation.render import Section, Table, fmt, fmt_pm, to_html, to_markdown, to_text
 from survey_deblend.evaluation.run_data import USABLE_STATUSES
 from survey_deblend.evaluation.run_eval import RunEvaluation, evaluate_run
@@ -154,6 +155,8 @@ def build_run_report(ev: RunEvaluation, report_dir: Path) -> tuple[list[Section]
     if ev.binned:
         tables = [_binned_table(k, v) for k, v in ev.binned.items()]
         sections.append(Section("Binned figures", paragraphs=list(ev.notes), tables=tables))
+    if ev.calibration is not None:
+        sections.append(calibration_section(ev.calibration, report_dir))
     figures = _run_figures(ev, report_dir)
     if figures:
         sections.append(Section("Figures", figures=figures))
