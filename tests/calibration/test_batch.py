@@ -6,10 +6,6 @@ and R is the response of the published ``e_pred`` (a finite difference of ``Pred
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import galsim
 import numpy as np
 import pytest
@@ -111,10 +107,3 @@ def test_rows_without_psf_or_stamp_stay_null(predictor, stamps):
     with pytest.raises(ValueError, match="3 ids for 8 rows"):
         calibrate_batch(predictor, _batch(stamps), psf, IDS[:3])
 
-
-def test_calibration_batch_imports_no_stage_below_it():
-    code = ("import json, sys, survey_deblend.calibration.batch;"
-            "print(json.dumps(sorted({m.split('.')[1] for m in sys.modules if m.startswith('survey_deblend.')})))")
-    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                           check=True).stdout))  # fmt: skip
-    assert not loaded & {"pipeline", "cluster", "evaluation", "cutouts", "catalog", "cli", "training"}, loaded
