@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from survey_deblend.evaluation import plots
-from survey_deblend.evaluation.calibrated import calibration_section
+from survey_deblend.evaluation.calibrated import calibration_section, summary_lines
 from survey_deblend.evaluation.render import Section, Table, fmt, fmt_pm, to_html, to_markdown, to_text
 from survey_deblend.evaluation.run_data import USABLE_STATUSES
 from survey_deblend.evaluation.run_eval import RunEvaluation, evaluate_run
@@ -201,8 +201,10 @@ def write_report(out_dir: str | Path, truth: str | Path | None = None, bootstrap
 
 
 def print_main_table(ev: RunEvaluation) -> str:
-    """The terminal text of the main table (plus the truth verdict when there is one)."""
+    """The terminal text of the main table (plus the truth verdict and the calibrated shear when there are)."""
     text = to_text(main_table(ev)) if ev.comparisons else f"{ev.out_dir}: no usable galaxies"
     if ev.verdict:
         text += "\n" + ev.verdict["summary"]
+    if ev.calibration is not None:  # <R>, raw and calibrated ensemble shear (and m, c against a true shear)
+        text += "\n" + "\n".join(summary_lines(ev.calibration))
     return text

@@ -97,13 +97,11 @@ def compare_with_im3shape(frame: pd.DataFrame) -> str:
 
 def write_evaluation_report(out: Path, truth: Path | None, stream: TextIO) -> Path:
     """Print the evaluation stage's main table and write its report into ``out/_report/``."""
-    from survey_deblend.evaluation.calibrated import summary_lines
     from survey_deblend.evaluation.report import print_main_table, write_report
     from survey_deblend.evaluation.run_eval import evaluate_run
 
     evaluation = evaluate_run(out, truth=truth if truth and truth.is_file() else None, bootstrap=100)
-    print(print_main_table(evaluation), file=stream)
-    print("\n".join(summary_lines(evaluation.calibration)), file=stream)  # <R>, raw and calibrated <e>
+    print(print_main_table(evaluation), file=stream)  # with the calibrated table: <R>, raw and calibrated <e>
     return write_report(out, evaluation=evaluation)
 
 

@@ -82,6 +82,10 @@ def test_report_shows_the_calibrated_section_and_histogram(tmp_path, make_run):
     assert cal["n"] == usable.sum() - 3 and "r11" not in cal  # the per-galaxy values stay out of the JSON
     assert metrics["n_usable"] == usable.sum()  # no_psf rows keep their raw predictions in the evaluation
     assert set(cal["vs_shear"]) == {"n", "g_true_mean", "raw", "calibrated"}
+    from survey_deblend.evaluation.report import print_main_table  # what `survey-deblend evaluate` prints
+
+    printed = print_main_table(evaluate_run(out, truth=truth_path, bootstrap=0))
+    assert "calibrated shear (" in printed and "calibrated  m1" in printed
 
     off = table.copy()
     off[["r11", "r12", "r21", "r22", "e1_mcal", "e2_mcal"]] = np.nan
