@@ -7,11 +7,15 @@ with the three-task chain (``fuse=False``: what a GPU cluster runs, and what eve
 start once and do a warm-up run (workers import torch and load the model once, as on a long job); then
 ``--rounds`` rounds run the four settings one after the other, and the figures are medians over rounds (on a
 shared, loaded machine the load changes within minutes; interleaving spreads it over every setting).
-Prints one JSON line per setting of ``model.measure_recon`` with the keys ``galaxies_per_s_1w``,
+Prints one JSON line per setting of ``model.measure_recon`` and ``model.metacal`` with the keys ``galaxies_per_s_1w``,
 ``galaxies_per_s_2w``, ``galaxies_per_s_2w_chain``, ``single_process_galaxies_per_s``, ``dask_overhead_frac``
 ((t_1w - t_single) / t_single), ``peak_worker_rss_mb``, the machine's load, and ``stages``: seconds per stage
 (plain loop: fetch, preprocess, model, write from timers; Dask: compute and transfer seconds per task kind from
-the task stream, summed over workers, and the wall time).
+the task stream, summed over workers, and the wall time). A last line (``"benchmark": "run_metacal"``) puts
+metacalibration on and off side by side (``measure_recon`` off): ``galaxies_per_s_2w_mcal_on``,
+``galaxies_per_s_2w_mcal_off``, ``galaxies_per_s_1w_mcal_on``, ``galaxies_per_s_1w_mcal_off``,
+``single_process_galaxies_per_s_mcal_on``, ``single_process_galaxies_per_s_mcal_off`` and ``mcal_cost_factor``
+(2-worker seconds on / off).
 
     python benchmarks/run.py            # full: a 4-tile field (--tiles N --tile-size P for a larger one)
     python benchmarks/run.py --quick    # the 2-tile demo field, < 1 minute once the field exists
@@ -44,7 +48,7 @@ def field_paths(workdir: Path, n_tiles: int, tile_size: int):
     return json.loads(done.read_text())
 
 
-def make_config(field: dict, checkpoint: Path, out: Path, measure_recon: bool):
+def make_config(field: dict, checkpoint: Path, out: Path, measure_recon: bool, metacal: bool = True):
     from survey_deblend.config import load
     from survey_deblend.config.run import RunConfig
 
@@ -52,6 +56,7 @@ def make_config(field: dict, checkpoint: Path, out: Path, measure_recon: bool):
         f"catalog.shear={field['im3shape']}", f"catalog.gold={field['gold']}", f"images.source=tiles:{field['tiles']}",
         f"model.checkpoint={checkpoint}", f"output.out={out}", "output.partition_rows=500",
         "output.overwrite=true", "output.progress=false", f"model.measure_recon={str(measure_recon).lower()}",
+        f"model.metacal={str(metacal).lower()}",
     ])
 
 
@@ -77,7 +82,7 @@ def single_process(config, predictor) -> tuple[float, int, dict]:
     from survey_deblend.pipeline.plan import ResumePlan
     from survey_deblend.pipeline.run import plan_run, verify_output
     from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, write_partition
-    from survey_deblend.schema import CATALOG_COLUMNS
+    from survey_deblend.schema import CATALOG_COLUMNS, PSF_COLUMNS
 
     stages: dict[str, float] = {}
     out = Path(config.output.out)
@@ -95,8 +100,10 @@ def single_process(config, predictor) -> tuple[float, int, dict]:
             rows = table.iloc[p.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
             batch = _Timed(fetch_stamps, stages, "fetch")(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(),
                                                           size, choice.take(p.rows))
-            predictions = _Timed(predict_shapes, stages, "predict")(batch, config.model.measure_recon,
-                                                                    predictor=predictor)
+            predictions = _Timed(predict_shapes, stages, "predict")(
+                batch, config.model.measure_recon, predictor=predictor, ids=rows["coadd_objects_id"].to_numpy(),
+                psf=rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64), metacal=config.model.metacal,
+            )
             _Timed(write_partition, stages, "write")(out, p.partition_id, rows, p.tile, predictions,
                                                      predictor.model_id, "single-process")
         _Timed(verify_output, stages, "verify")(out, partitions)
@@ -208,13 +215,21 @@ def main() -> int:
 
             checkpoint = write_untrained_checkpoint(args.workdir / "untrained.pt")
     torch.set_num_threads(os.cpu_count() or 1)
-    for measure_recon in ([False] if args.quick or args.no_recon else [False, True]):
-        config = make_config(field, checkpoint, args.workdir / "out", measure_recon)
+    settings = [(False, True), (False, False)] + ([] if args.quick or args.no_recon else [(True, True)])
+    side_by_side: dict[str, float] = {}
+    for measure_recon, metacal in settings:
+        config = make_config(field, checkpoint, args.workdir / "out", measure_recon, metacal)
         predictor = Predictor.from_checkpoint(checkpoint, device="cpu", batch_size=config.model.batch_size)
         load_before = os.getloadavg()[0]
         result = interleaved(config, predictor, 1 if args.quick else args.rounds)
         n, times = result["n"], result["times"]
         median = {k: float(np.median(v)) for k, v in times.items()}
+        if not measure_recon:
+            tag = "on" if metacal else "off"
+            side_by_side.update({f"galaxies_per_s_2w_mcal_{tag}": round(n / median["2w"], 1),
+                                 f"galaxies_per_s_1w_mcal_{tag}": round(n / median["1w"], 1),
+                                 f"single_process_galaxies_per_s_mcal_{tag}": round(n / median["plain"], 1),
+                                 f"seconds_2w_mcal_{tag}": median["2w"]})
         print(json.dumps({
             "galaxies_per_s_1w": round(n / median["1w"], 1),
             "galaxies_per_s_2w": round(n / median["2w"], 1),
@@ -227,10 +242,14 @@ def main() -> int:
             "peak_worker_rss_mb": round(result["rss"], 1),
             "stages": result["stages"],
             "load_avg_1m_before": round(load_before, 2),
-            "n_galaxies": n, "measure_recon": measure_recon, "field": f"{n_tiles}x{tile_size}px",
+            "n_galaxies": n, "measure_recon": measure_recon, "metacal": metacal, "field": f"{n_tiles}x{tile_size}px",
             "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
             "model": str(checkpoint),
         }), flush=True)
+    cost = side_by_side.pop("seconds_2w_mcal_on") / side_by_side.pop("seconds_2w_mcal_off")
+    print(json.dumps({"benchmark": "run_metacal", **side_by_side, "mcal_cost_factor": round(cost, 3),
+                      "n_galaxies": n, "field": f"{n_tiles}x{tile_size}px", "measure_recon": False,
+                      "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}), flush=True)
     for extra in (args.workdir / "out", args.workdir / "out-warm"):
         shutil.rmtree(extra, ignore_errors=True)
     return 0

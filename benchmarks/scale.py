@@ -81,6 +81,7 @@ def one_size(workdir: Path, n: int) -> dict:
         f"catalog.shear={paths['im3shape']}", f"catalog.gold={paths['gold']}", f"model.checkpoint={checkpoint}",
         f"output.out={workdir / f'out-{n}'}", f"output.partition_rows={PARTITION_ROWS}", "output.overwrite=true",
         "output.progress=false", "model.measure_recon=false", "model.stamp_size_pix=1", "images.source=tiles:/none",
+        "model.metacal=false",  # 1-pixel stamps of no pixels: nothing to calibrate (the trivial inference)
     ])
     with open_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address=":0")) as client:
         scheduler = client.cluster.scheduler

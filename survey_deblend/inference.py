@@ -246,6 +246,16 @@ class Predictor:
             result = pd.concat([result, latents], axis=1)
         return result
 
+    def predict_e(
+        self, images: np.ndarray, frame: PhotometricFrame, band_mask: np.ndarray | None, ids: np.ndarray | None = None,
+        dynamic_range: str = "physical",
+    ) -> np.ndarray:
+        """``(N, 2)``: exactly the ``e1_pred, e2_pred`` that ``_predict_frame`` writes for these stamps (the flow's
+        posterior mean over its fixed Sobol points, else the regressor's), no reconstruction. Metacalibration
+        (``calibration.batch``) runs it on the five sheared images, so R is the response of the published column."""
+        out = self._predict_frame(images, frame, band_mask, False, dynamic_range, ids=ids)
+        return out[["e1_pred", "e2_pred"]].to_numpy(dtype=np.float64)
+
     def predict_batch(
         self, batch: CutoutBatch, measure_recon: bool = True, dynamic_range: str = "physical",
         ids: np.ndarray | None = None,

@@ -29,12 +29,16 @@ ERROR_WRONG_SIZE = "error_wrong_size"  # the cutout does not hold the stamp aske
 ERROR_NAN = "error_nan"  # non-finite pixels in the stamp
 ERROR_CONNECTION = "error_connection"  # connection refused or reset
 ERROR_OFF_HOST = "error_off_host"  # the service pointed at a host other than the configured one; not followed
+# The stamp went to the model (e1_pred.. filled) but the row's PSF (psf_fwhm, psf_e1, psf_e2) is unusable
+# (non-finite, -9999, FWHM <= 0, |e| >= 1), so it has no metacalibration: r11..r22, e1_mcal, e2_mcal null.
+NO_PSF = "no_psf"
 
 USABLE = frozenset({OK, PADDED})  # rows whose stamp goes to the model
 FAILURES = frozenset(
     {ERROR_HTTP, ERROR_TIMEOUT, ERROR_BAD_FITS, ERROR_WRONG_SIZE, ERROR_NAN, ERROR_CONNECTION, ERROR_OFF_HOST}
 )
-STATUSES = USABLE | {NO_COVERAGE} | FAILURES  # every status a row can have
+PREDICTED = USABLE | {NO_PSF}  # rows with the model's predictions (e1_pred..)
+STATUSES = PREDICTED | {NO_COVERAGE} | FAILURES  # every status a row can have
 
 # ---- output columns --------------------------------------------------------------------------------------------
 
@@ -101,7 +105,13 @@ OUTPUT_COLUMNS: tuple[Column, ...] = (
                "calibration")
         for i in (1, 2) for j in (1, 2)
     ),
-    Column("status", "string", "", "why the row has predictions or not: ok, padded, no_coverage, error_*", "cutout"),
+    *(
+        Column(f"e{i}_mcal", "float64", _D, f"e{i}_pred on the unsheared metacal image; ensemble: <R>^-1 <e_mcal>",
+               "calibration")
+        for i in (1, 2)
+    ),
+    Column("status", "string", "", "why the row has predictions or not: ok, padded, no_psf, no_coverage, error_*",
+           "cutout"),
     Column("model", "string", "", "hash of the checkpoint file that made the predictions", "run"),
     Column("run_id", "string", "", "id of the run that wrote the row", "run"),
 )
@@ -120,6 +130,7 @@ def names_in(*groups: str) -> tuple[str, ...]:
 CATALOG_COLUMNS = names_in("catalog")  # what a selection carries into the output
 PREDICTION_COLUMNS = names_in("model", "calibration")  # what ``Predictor.predict_batch`` returns
 CUTOUT_COLUMNS = names_in("cutout")  # what a cutout batch says of each row (bands used, status)
+PSF_COLUMNS = ("psf_fwhm", "psf_e1", "psf_e2")  # the catalog columns metacalibration builds each row's PSF from
 
 # A catalog selection: the catalog output columns plus the quality flags it was cut on.
 SELECTION_DTYPES: dict[str, str] = {

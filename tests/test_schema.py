@@ -18,7 +18,7 @@ PACKAGE = Path(schema.__file__).parent
 DESIGN_ORDER = (  # ../shared/DESIGN.md "Output columns"
     "coadd_objects_id ra dec tile snr_w e1_im3shape e2_im3shape nbc_m nbc_c1 nbc_c2 w psf_fwhm psf_e1 psf_e2 "
     "bands_used e1_pred e2_pred e_sigma_pred e1_sample e2_sample z_pred z_sigma_pred z_lo z_hi e1_recon e2_recon "
-    "r11 r12 r21 r22 status model run_id"
+    "r11 r12 r21 r22 e1_mcal e2_mcal status model run_id"
 ).split()
 
 
@@ -39,7 +39,7 @@ def test_output_columns_are_design_md_in_order_with_units_and_descriptions():
 def test_column_groups_split_the_output_between_the_stages_that_fill_it():
     assert schema.PREDICTION_COLUMNS == (
         "e1_pred", "e2_pred", "e_sigma_pred", "e1_sample", "e2_sample", "z_pred", "z_sigma_pred", "z_lo", "z_hi",
-        "e1_recon", "e2_recon", "r11", "r12", "r21", "r22",
+        "e1_recon", "e2_recon", "r11", "r12", "r21", "r22", "e1_mcal", "e2_mcal",
     )
     assert schema.CUTOUT_COLUMNS == ("bands_used", "status")
     assert schema.CATALOG_COLUMNS[:3] == ("coadd_objects_id", "ra", "dec")
@@ -67,7 +67,8 @@ def test_selection_dtypes_are_the_catalog_columns_plus_flags_each_with_a_source(
 def test_statuses_are_owned_by_the_schema_and_reexported_by_cutouts():
     from survey_deblend.cutouts import status as st
 
-    assert schema.USABLE == {"ok", "padded"} and schema.USABLE < schema.STATUSES
+    assert schema.USABLE == {"ok", "padded"} and schema.USABLE < schema.PREDICTED < schema.STATUSES
+    assert schema.PREDICTED - schema.USABLE == {schema.NO_PSF}  # predicted, but no PSF for metacalibration
     assert not schema.USABLE & schema.FAILURES and schema.NO_COVERAGE not in schema.FAILURES
     assert st.USABLE is schema.USABLE and st.FAILURES is schema.FAILURES and st.OK is schema.OK
     assert all(s.startswith("error_") for s in schema.FAILURES)

@@ -27,6 +27,10 @@ class ModelConfig:
     # Decode and measure the reconstruction with HSM (e1_recon, e2_recon); about 10 ms a galaxy on one CPU core.
     # False leaves those two columns null and runs several times faster.
     measure_recon: bool = True
+    # Metacalibration (calibration stage): the five sheared images of each usable stamp through the network give
+    # r11..r22 and e1_mcal, e2_mcal (ensemble shear <R>^-1 <e_mcal>). False leaves those columns null and the
+    # other columns exactly as they are with it on; about 6x the network's work per galaxy (docs/performance.md).
+    metacal: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 __all__ = ["calibration_histograms", "coverage_curve", "e_distribution", "gallery", "pred_vs_ref", "residual_hist",
-           "residuals_vs_snr"]
+           "residuals_vs_snr", "response_histogram"]
 
 E_LABEL = "(shear convention, dimensionless)"
 DPI = 90
@@ -212,5 +212,27 @@ def coverage_curve(stats: dict[str, np.ndarray], path: Path) -> Path:
     ax.set_xlabel("nominal credibility")
     ax.set_ylabel("fraction of truths inside")
     ax.set_title("Coverage of the posterior credible regions")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def response_histogram(r11: np.ndarray, r22: np.ndarray, path: Path, bins: int = 40) -> Path:
+    """Distribution of the metacalibration response R11, R22 per galaxy (dimensionless), with their means: the
+    per-galaxy spread is wide (noise), the ensemble mean is what calibrates the shear."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="tight")
+    r11, r22 = (np.asarray(r, dtype=np.float64) for r in (r11, r22))
+    r11, r22 = r11[np.isfinite(r11)], r22[np.isfinite(r22)]
+    both = np.concatenate([r11, r22])
+    lo, hi = (np.percentile(both, [1, 99]) if both.size else (0.0, 2.0))
+    edges = np.linspace(min(lo, 0.0), max(hi, 1.5), bins + 1)
+    for values, name, colour in ((r11, "R11", "C0"), (r22, "R22", "C1")):
+        if values.size:
+            ax.hist(np.clip(values, edges[0], edges[-1]), bins=edges, histtype="step", lw=1.5, color=colour,
+                    label=f"{name}: mean {values.mean():.3f}, median {np.median(values):.3f}")
+            ax.axvline(values.mean(), color=colour, ls="--", lw=1)
+    ax.axvline(1.0, color="k", lw=0.8, label="R = 1 (unbiased estimator)")
+    ax.set_xlabel("response R per galaxy (dimensionless; 1-99 % range)")
+    ax.set_ylabel("galaxies per bin")
+    ax.set_title(f"Metacalibration response (N = {r11.size})")
     ax.legend(fontsize=8)
     return _save(fig, path)

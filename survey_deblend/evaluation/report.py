@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from survey_deblend.evaluation import plots
+from survey_deblend.evaluation.calibrated import calibration_section, summary_lines
 from survey_deblend.evaluation.render import Section, Table, fmt, fmt_pm, to_html, to_markdown, to_text
 from survey_deblend.evaluation.run_data import USABLE_STATUSES
 from survey_deblend.evaluation.run_eval import RunEvaluation, evaluate_run
@@ -154,6 +155,8 @@ def build_run_report(ev: RunEvaluation, report_dir: Path) -> tuple[list[Section]
     if ev.binned:
         tables = [_binned_table(k, v) for k, v in ev.binned.items()]
         sections.append(Section("Binned figures", paragraphs=list(ev.notes), tables=tables))
+    if ev.calibration is not None:
+        sections.append(calibration_section(ev.calibration, report_dir))
     figures = _run_figures(ev, report_dir)
     if figures:
         sections.append(Section("Figures", figures=figures))
@@ -198,8 +201,10 @@ def write_report(out_dir: str | Path, truth: str | Path | None = None, bootstrap
 
 
 def print_main_table(ev: RunEvaluation) -> str:
-    """The terminal text of the main table (plus the truth verdict when there is one)."""
+    """The terminal text of the main table (plus the truth verdict and the calibrated shear when there are)."""
     text = to_text(main_table(ev)) if ev.comparisons else f"{ev.out_dir}: no usable galaxies"
     if ev.verdict:
         text += "\n" + ev.verdict["summary"]
+    if ev.calibration is not None:  # <R>, raw and calibrated ensemble shear (and m, c against a true shear)
+        text += "\n" + "\n".join(summary_lines(ev.calibration))
     return text

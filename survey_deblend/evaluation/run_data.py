@@ -17,7 +17,7 @@ import pandas as pd
 from survey_deblend.catalog.match import ID as CATALOG_ID
 from survey_deblend.catalog.schema import UNMEASURED
 from survey_deblend.errors import InputError
-from survey_deblend.schema import OUTPUT_COLUMNS, USABLE
+from survey_deblend.schema import OUTPUT_COLUMNS, PREDICTED
 
 __all__ = [
     "MAG_COLUMNS",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("coadd_objects_id", "status", "snr_w", "e1_im3shape", "e2_im3shape", "e1_pred", "e2_pred")
-USABLE_STATUSES = tuple(sorted(USABLE))
+USABLE_STATUSES = tuple(sorted(PREDICTED))  # rows with predictions (ok, padded, no_psf: no calibration)
 NUMERIC_COLUMNS = tuple(c.name for c in OUTPUT_COLUMNS if c.dtype == "float64")
 MISSING_SENTINEL = UNMEASURED  # DES SVA1's value for "not measured"
 MAG_COLUMNS = ("MAG_AUTO_I",)  # the i magnitude of the gold and wlinfo catalogs (catalog.schema)
@@ -99,7 +99,7 @@ def _clean(values: pd.Series) -> np.ndarray:
 
 
 def usable_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows with a usable stamp (status ok/padded) and finite predictions and im3shape shapes.
+    """Rows with the model's predictions (status ok/padded/no_psf) and finite predictions and im3shape shapes.
 
     Numeric shape columns come back as float64 with -9999 turned into NaN.
     """

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from survey_deblend.evaluation.calibrated import calibration_summary
 from survey_deblend.evaluation.metrics import nbc_corrected, shape_metrics
 from survey_deblend.evaluation.run_data import (
     attach_truth,
@@ -55,6 +56,7 @@ class RunEvaluation:
     truth_unmatched: int | None = None
     verdict: dict | None = None
     notes: list[str] = field(default_factory=list)
+    calibration: dict | None = None  # ``evaluation.calibrated.calibration_summary`` (None: metacal off)
     data: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     parts: list[str] = field(default_factory=list)
 
@@ -72,6 +74,8 @@ class RunEvaluation:
             else {"path": self.truth_path, "unmatched": self.truth_unmatched, "verdict": self.verdict},
             "n_parts": len(self.parts),
             "notes": self.notes,
+            "calibration": None if self.calibration is None
+            else {k: v for k, v in self.calibration.items() if k not in ("r11", "r22")},
         }
 
 
@@ -208,6 +212,7 @@ def evaluate_run(out_dir: str | Path, truth: str | Path | None = None, bootstrap
         truth_unmatched=truth_unmatched,
         verdict=verdict,
         notes=[mag_note] if mag_note else [],
+        calibration=calibration_summary(df, bootstrap=bootstrap, seed=seed) if len(df) else None,
         data=df,
         parts=[str(p) for p in run.parts],
     )

@@ -101,7 +101,7 @@ def write_evaluation_report(out: Path, truth: Path | None, stream: TextIO) -> Pa
     from survey_deblend.evaluation.run_eval import evaluate_run
 
     evaluation = evaluate_run(out, truth=truth if truth and truth.is_file() else None, bootstrap=100)
-    print(print_main_table(evaluation), file=stream)
+    print(print_main_table(evaluation), file=stream)  # with the calibrated table: <R>, raw and calibrated <e>
     return write_report(out, evaluation=evaluation)
 
 

@@ -33,7 +33,7 @@ from survey_deblend.pipeline.plan import PART_PREFIX, Partition, ResumePlan, pla
 from survey_deblend.pipeline.plugin import PredictorPlugin, ensure_plugin
 from survey_deblend.pipeline.progress import ProgressLine, format_summary
 from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, process_partition, write_partition
-from survey_deblend.schema import CATALOG_COLUMNS
+from survey_deblend.schema import CATALOG_COLUMNS, PSF_COLUMNS
 
 WINDOW_PER_THREAD = 2  # partitions in flight per worker thread
 WINDOW_MIN = 4
@@ -93,7 +93,8 @@ def _submit_partition(
     if not chain:
         return client.submit(
             process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
-            partition.tile, model.model_id, run_id, key=f"partition-{run_id}-{pid}", retries=2, pure=False,
+            partition.tile, model.model_id, run_id, None, config.model.metacal, key=f"partition-{run_id}-{pid}",
+            retries=2, pure=False,
         )
     stamps = client.submit(
         fetch_stamps, source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice,
@@ -101,7 +102,8 @@ def _submit_partition(
     )
     predictions = client.submit(
         predict_shapes, stamps, config.model.measure_recon, None, rows["coadd_objects_id"].to_numpy(),
-        key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,
+        rows[list(PSF_COLUMNS)].to_numpy(dtype="float64"), config.model.metacal, key=f"predict-{run_id}-{pid}",
+        resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
     return client.submit(
         write_partition, out, pid, rows, partition.tile, predictions, model.model_id, run_id,

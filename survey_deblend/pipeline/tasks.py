@@ -23,8 +23,10 @@ from survey_deblend.pipeline.plan import TMP_PREFIX, ResumePlan, id_checksum
 from survey_deblend.schema import (
     CATALOG_COLUMNS,
     CUTOUT_COLUMNS,
+    NO_PSF,
     OUTPUT_NAMES,
     PREDICTION_COLUMNS,
+    PSF_COLUMNS,
     arrow_schema,
 )
 
@@ -39,17 +41,29 @@ def fetch_stamps(source: Any, ra: np.ndarray, dec: np.ndarray, size_pix: int, ch
 
 
 def predict_shapes(
-    batch: Any, measure_recon: bool = True, predictor: Any = None, ids: np.ndarray | None = None
+    batch: Any, measure_recon: bool = True, predictor: Any = None, ids: np.ndarray | None = None,
+    psf: np.ndarray | None = None, metacal: bool = False,
 ) -> pd.DataFrame:
     """``Predictor.predict_batch`` of a ``CutoutBatch`` plus what the batch says of each row (``bands_used``,
     ``status``). ``predictor`` defaults to the one the worker plugin keeps on this worker (loaded once); ``ids``
-    (the rows' ``coadd_objects_id``) seed each galaxy's posterior draw, so a re-run reproduces it."""
+    (the rows' ``coadd_objects_id``) seed each galaxy's posterior draw and fixnoise field, so a re-run reproduces
+    them. With ``metacal``, ``psf`` (N, 3) holds the rows' ``psf_fwhm, psf_e1, psf_e2`` and the calibration
+    columns are filled (``calibration.batch``); a usable row without a usable PSF gets the ``no_psf`` status."""
     if predictor is None:
         from survey_deblend.pipeline.plugin import worker_predictor
 
         predictor = worker_predictor()
     predictions = predictor.predict_batch(batch, measure_recon=measure_recon, ids=ids)
-    return predictions.assign(bands_used=batch.bands_used(), status=np.asarray(batch.status).astype(str))
+    status = np.asarray(batch.status).astype(str)
+    if metacal:
+        from survey_deblend.calibration.batch import calibrate_batch
+
+        if psf is None:
+            raise ValueError("predict_shapes: metacal needs the rows' psf_fwhm, psf_e1, psf_e2")
+        calibrated, psf_ok = calibrate_batch(predictor, batch, psf, np.arange(len(batch)) if ids is None else ids)
+        predictions[list(calibrated.columns)] = calibrated.to_numpy()
+        status = np.where(np.asarray(batch.usable) & ~psf_ok, NO_PSF, status)
+    return predictions.assign(bands_used=batch.bands_used(), status=status)
 
 
 def assemble_partition(
@@ -110,8 +124,10 @@ def process_partition(
     model_id: str,
     run_id: str,
     predictor: Any = None,
+    metacal: bool = False,
 ) -> dict[str, Any]:
-    """Fetch, predict and write one partition in one task (CPU workers): the stamps stay in this process.
+    """Fetch, predict (and metacalibrate, with ``metacal``) and write one partition in one task (CPU workers):
+    the stamps stay in this process.
 
     Returns ``write_partition``'s info plus the seconds of each stage (``fetch_s``, ``predict_s``, ``write_s``).
     """
@@ -119,7 +135,8 @@ def process_partition(
     batch = fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice)
     t1 = time.perf_counter()
     ids = rows["coadd_objects_id"].to_numpy()
-    predictions = predict_shapes(batch, measure_recon, predictor=predictor, ids=ids)
+    psf = rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64) if metacal else None
+    predictions = predict_shapes(batch, measure_recon, predictor=predictor, ids=ids, psf=psf, metacal=metacal)
     t2 = time.perf_counter()
     info = write_partition(out_dir, partition_id, rows, tile, predictions, model_id, run_id)
     t3 = time.perf_counter()

@@ -255,6 +255,8 @@ TRUTH_COLUMNS: dict[str, str] = {
     "z_true": "z",
     "mag_true": "mag_i",  # DES i
     "n_neighbours": "n_neighbours_3arcsec",
+    "g1_true": "g1_shear",  # the shear that acted on the galaxy (m and c of the calibrated shear)
+    "g2_true": "g2_shear",
 }
 TRUTH_ID = "coadd_objects_id"
 

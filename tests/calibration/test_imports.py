@@ -6,7 +6,8 @@ import sys
 
 
 def test_calibration_imports_no_stage_below_it():
-    code = ("import json, sys, survey_deblend.calibration, survey_deblend.calibration.response;"
+    code = ("import json, sys, survey_deblend.calibration, survey_deblend.calibration.response, "
+            "survey_deblend.calibration.batch;"
             "print(json.dumps(sorted({m.split('.')[1] for m in sys.modules if m.startswith('survey_deblend.')})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(json.loads(out))

@@ -40,6 +40,8 @@ def test_demo_over_sia_runs_the_real_job_and_compares(tmp_path, checkpoint, caps
     # the shipped checkpoint's flow head fills the posterior columns of every usable galaxy
     assert len(usable) and np.isfinite(usable[["e1_sample", "e2_sample", "z_lo", "z_hi"]].to_numpy()).all()
     assert "predicted vs im3shape" in out and "galaxies/s" in out
+    assert "calibrated shear (" in out and "<R> = [[" in out  # metacalibration is on by default
+    assert np.isfinite(usable[["r11", "r22", "e1_mcal", "e2_mcal"]].to_numpy()).all()
     assert (workdir / "out" / "_report" / "report.html").is_file()
     # a second demo reuses the field (no new simulation) and starts the run over
     assert main(args[:-4] + ["--images", "tiles", "--set", "cluster.dashboard_address=:0",

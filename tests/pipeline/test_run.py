@@ -18,7 +18,7 @@ from survey_deblend.schema import COLUMNS, OUTPUT_NAMES, USABLE
 DESIGN_COLUMNS = (  # ../shared/DESIGN.md "Output columns", in that order
     "coadd_objects_id ra dec tile snr_w e1_im3shape e2_im3shape nbc_m nbc_c1 nbc_c2 w psf_fwhm psf_e1 psf_e2 "
     "bands_used e1_pred e2_pred e_sigma_pred e1_sample e2_sample z_pred z_sigma_pred z_lo z_hi e1_recon e2_recon "
-    "r11 r12 r21 r22 status model run_id"
+    "r11 r12 r21 r22 e1_mcal e2_mcal status model run_id"
 ).split()
 
 
@@ -72,8 +72,12 @@ def test_catalog_psf_and_bands_used_reach_the_output(finished_run, small_field):
     usable = frame["status"].isin(list(USABLE))
     assert set(frame.loc[usable, "bands_used"]) == {"grizY"}  # every band of the small field has pixels
     assert frame.loc[~usable, "bands_used"].isna().all()
-    # columns of heads this run does not have (flow posterior, metacalibration) are present and null
-    assert frame[["e1_sample", "e2_sample", "z_lo", "z_hi", "r11", "r12", "r21", "r22"]].isna().all().all()
+    # columns of heads this run does not have (flow posterior) are present and null; metacalibration is on by
+    # default: its columns are filled for the usable rows (every row of this field has a PSF), null elsewhere
+    assert frame[["e1_sample", "e2_sample", "z_lo", "z_hi"]].isna().all().all()
+    calibration = ["r11", "r12", "r21", "r22", "e1_mcal", "e2_mcal"]
+    assert np.isfinite(frame.loc[usable, calibration].to_numpy()).all()
+    assert frame.loc[~usable, calibration].isna().all().all()
     assert np.isfinite(frame.loc[usable, "z_sigma_pred"]).all() and (frame.loc[usable, "z_sigma_pred"] > 0).all()
 
 

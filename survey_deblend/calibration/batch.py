@@ -1,0 +1,78 @@
+"""Metacalibration of a run's ``CutoutBatch`` through the Predictor: the calibration columns of the output.
+
+For the usable rows of a batch whose PSF is usable: the per-galaxy PSF from the catalog's im3shape
+``MEAN_PSF_FWHM/E1/E2`` (``im3shape_psf_model``), the noise level from the source's weight map when the batch
+carries one (``batch.noise_sigma``), else from the stamp's border; the five images in the SOURCE frame (its
+pixel scale, its PSF), then all five through the Predictor's normal prepare -> network path (``predict_e``, the
+same ``e1_pred, e2_pred`` the run publishes), ``predictor.batch_size`` stamps per pass. The fixnoise field of a
+galaxy is drawn from its id, so a re-run, or the same galaxy in another partition, gets the same columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from survey_deblend.calibration.metacal import DEFAULT_DELTA, SHEAR_TYPES, metacal_images
+from survey_deblend.calibration.noise import border_noise_sigma, seeded_noise
+from survey_deblend.calibration.psf import im3shape_psf_model
+from survey_deblend.calibration.response import response_matrix
+from survey_deblend.schema import PSF_COLUMNS, names_in
+
+CALIBRATION_COLUMNS = names_in("calibration")  # r11, r12, r21, r22, e1_mcal, e2_mcal
+FIXNOISE_SEED = 0  # the fixnoise field of a galaxy is drawn from the stream (FIXNOISE_SEED, its id)
+ORDER = 1  # Taylor order of the shear (metacal.py: the response is exact at order 1; order 2 costs 2x the FFTs)
+
+
+def batch_noise_sigma(batch: Any, rows: np.ndarray) -> np.ndarray:
+    """``(n, B)`` noise level of ``rows``: the source's own (``batch.noise_sigma``, from weight maps) where it has
+    one and it is finite and positive, else the border MAD of the stamp; 0 for absent bands."""
+    images = batch.images[rows]
+    sigma = border_noise_sigma(images)
+    given = getattr(batch, "noise_sigma", None)
+    if given is not None:
+        given = np.asarray(given, dtype=np.float64)[rows]
+        sigma = np.where(np.isfinite(given) & (given > 0), given, sigma)
+    return np.where(batch.band_mask[rows], sigma, 0.0)
+
+
+def calibrate_batch(
+    predictor: Any, batch: Any, psf: np.ndarray, ids: np.ndarray, delta: float = DEFAULT_DELTA,
+    chunk: int | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The ``CALIBRATION_COLUMNS`` of every row of ``batch`` (NaN where not calibrated) and ``psf_ok`` (N,).
+
+    ``psf`` ``(N, 3)``: the rows' ``PSF_COLUMNS`` (FWHM in DES pixels); ``ids`` (N,) the galaxies' ids (they seed
+    the fixnoise fields). A usable row with ``psf_ok`` False keeps its other predictions; the caller gives it
+    the ``no_psf`` status. ``chunk`` galaxies per pass (default: ``batch_size // 5``, one network batch)."""
+    n = len(batch)
+    psf = np.asarray(psf, dtype=np.float64).reshape(n, len(PSF_COLUMNS))
+    ids = np.asarray(ids)
+    if len(ids) != n:
+        raise ValueError(f"calibrate_batch: {len(ids)} ids for {n} rows")
+    model = im3shape_psf_model(psf[:, 0], psf[:, 1], psf[:, 2], bands=batch.bands)
+    psf_ok = np.all(model.usable, axis=1)
+    columns = {name: np.full(n, np.nan) for name in CALIBRATION_COLUMNS}
+    todo = np.flatnonzero(np.asarray(batch.usable) & psf_ok)
+    k_types = len(SHEAR_TYPES)
+    chunk = max(1, int(chunk or predictor.batch_size // k_types))
+    size = batch.stamp_size
+    for start in range(0, len(todo), chunk):
+        rows = todo[start : start + chunk]
+        mask = batch.band_mask[rows]
+        noise = seeded_noise(ids[rows], batch_noise_sigma(batch, rows), size, seed=FIXNOISE_SEED)
+        images = metacal_images(
+            batch.images[rows], model.subset(rows), batch.pixel_scale_arcsec, noise=noise, delta=delta,
+            order=ORDER, device=predictor.device,
+        )  # fmt: skip
+        stack = images.reshape(k_types * len(rows), *images.shape[2:]).cpu().numpy()
+        e = predictor.predict_e(stack, batch.frame, np.tile(mask, (k_types, 1)), ids=np.tile(ids[rows], k_types))
+        sheared = e.reshape(k_types, len(rows), 2)
+        R = response_matrix(sheared, delta)
+        for i in (1, 2):
+            columns[f"e{i}_mcal"][rows] = sheared[0, :, i - 1]
+            for j in (1, 2):
+                columns[f"r{i}{j}"][rows] = R[:, i - 1, j - 1]
+    return pd.DataFrame(columns), psf_ok
