@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,18 +203,19 @@ def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path,
     # absolute paths: workers may start in another folder
     shear, positions = (dataclasses.replace(r, path=r.path.resolve()) for r in (shear, positions))
     flow = new_cut_flow(cfg, shear, positions, None)
+    token = f"{digest}-{uuid.uuid4().hex[:8]}"  # task keys of this staging only (an old failed one may linger)
     cuts, quality = shear_cuts(cfg.cuts), cfg.cuts.gold_quality
     shear_ranges, position_ranges = shear.chunk_ranges(cfg.chunk_rows), positions.chunk_ranges(cfg.chunk_rows)
     shear_files = [str(folder / f"shear-{k}.npy") for k in range(len(shear_ranges))]
     position_files = [str(folder / f"positions-{j}.npy") for j in range(len(position_ranges))]
     shear_futures = [
-        client.submit(stage_shear_chunk, shear, start, stop, cuts, Path(path), key=f"stage-shear-{digest}-{k}",
+        client.submit(stage_shear_chunk, shear, start, stop, cuts, Path(path), key=f"stage-shear-{token}-{k}",
                       retries=1, pure=False)
         for k, ((start, stop), path) in enumerate(zip(shear_ranges, shear_files, strict=True))
     ]
     position_futures = [
         client.submit(stage_position_chunk, positions, start, stop, quality, Path(path),
-                      key=f"stage-positions-{digest}-{j}", retries=1, pure=False)
+                      key=f"stage-positions-{token}-{j}", retries=1, pure=False)
         for j, ((start, stop), path) in enumerate(zip(position_ranges, position_files, strict=True))
     ]
     shear_results = client.gather(shear_futures)
@@ -232,7 +234,7 @@ def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path,
     buckets = [{"rows": f"rows-{b}.npy", "hashes": f"hash-{b}.npy"} for b in range(len(ranges))]
     join_futures = [
         client.submit(join_task, shear_files, staged_positions, lo, hi, quality_cut, source,
-                      str(folder / bucket["rows"]), str(folder / bucket["hashes"]), key=f"stage-join-{digest}-{b}",
+                      str(folder / bucket["rows"]), str(folder / bucket["hashes"]), key=f"stage-join-{token}-{b}",
                       retries=1, pure=False)
         for b, ((lo, hi), bucket) in enumerate(zip(ranges, buckets, strict=True))
     ]
