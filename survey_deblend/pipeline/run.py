@@ -1,8 +1,12 @@
 """``run(config, client)``: the futures graph of ``survey-deblend run`` (DESIGN.md, "The run").
 
-Selection on the client; the tile choice made once by the source's ``plan`` (sliced per partition when it is
-submitted, it travels with the partition's task); partitions by locality key. The source goes to every worker once
-(the result of one task every partition task names, never pickled into each task). On CPU workers each partition is
+A shear catalog of at least ``output.stage_min_rows`` rows is selected by the workers into ``out/_staging``
+(``pipeline.staging``): the client plans the partitions from counts, each partition task reads its own rows there
+and its source chooses the tiles. A smaller one is selected on the client (faster at that size); the tile choice is
+then made once by the source's ``plan`` (sliced per partition when it is submitted, it travels with the partition's
+task). Either way the partitions are the same: per locality key, in ID order, split into near-equal chunks.
+The source goes to every worker once (the result of one task every task needing it names, never pickled into each
+task). On CPU workers each partition is
 one fused task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with
 GPU workers ``fetch_stamps`` -> ``predict_shapes`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
 window of partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker

@@ -148,3 +148,11 @@ def test_staged_run_writes_the_same_parts_as_the_client_run(small_field, checkpo
     assert (summary.stat().st_mtime_ns, {p.name: p.stat().st_mtime_ns for p in staged_out.glob("part-*")}) == before
     manifest = json.loads((staged_out / "_manifest.json").read_text())
     assert manifest["n_selected"] == first.n_selected and manifest["state"] == "complete"
+    # the three-task chain of GPU clusters reads the staged rows too (a task of its own, named by the others)
+    chained_out = tmp_path / "chained"
+    chained = run(run_config(small_field, checkpoint, chained_out, "output.stage_min_rows=0", "catalog.chunk_rows=40"),
+                  client, stream=io.StringIO(), fuse=False)
+    assert chained.counts == first.counts
+    for name in names:
+        a, b = (pd.read_parquet(folder / name).drop(columns="run_id") for folder in (client_out, chained_out))
+        pd.testing.assert_frame_equal(a, b)
