@@ -110,8 +110,13 @@ def stage_position_chunk(reader: CatalogReader, start: int, stop: int, quality: 
 
 
 def _sorted_concat(parts: list[np.ndarray], id_name: str) -> np.ndarray:
-    rows = np.concatenate(parts) if parts else np.empty(0)
-    return rows[np.lexsort((rows[ROW], rows[id_name]))] if len(rows) else rows
+    """Slices of ID-sorted files, in file (hence row) order, merged into (ID, row) order: a stable sort by ID of
+    sorted runs (timsort merges runs)."""
+    filled = [p for p in parts if len(p)]
+    if len(filled) <= 1:
+        return filled[0] if filled else parts[0][:0] if parts else np.empty(0)
+    rows = np.concatenate(filled)
+    return rows[np.argsort(rows[id_name], kind="stable")]
 
 
 def join_bucket(
@@ -139,14 +144,18 @@ def join_bucket(
     if len(gold):
         where = np.minimum(np.searchsorted(ids, gold[ID]), len(ids) - 1)
         gold = gold[ids[where] == gold[ID]]  # the gold rows of selected IDs, (ID, row) order
-    unique_ids, first_copy = np.unique(gold[ID], return_index=True) if len(gold) else (np.empty(0, np.int64), [])
+    if len(gold) == 0:
+        stats["quality"] = None if quality_cut is None else 0
+        return empty, stats
+    first_copy = np.flatnonzero(np.concatenate([[True], gold[ID][1:] != gold[ID][:-1]]))
+    unique_ids = gold[ID][first_copy]
     stats["gold_duplicate_ids"] = len(gold) - len(unique_ids)
     at = np.searchsorted(unique_ids, ids)
     found = at < len(unique_ids)
     found[found] = unique_ids[at[found]] == ids[found]
     stats["found"] = int(found.sum())
     shear_rows = np.flatnonzero(found)
-    gold_rows = np.asarray(first_copy, dtype=np.int64)[at[shear_rows]]
+    gold_rows = first_copy[at[shear_rows]]
     if quality_cut is not None:
         matched = pd.DataFrame({name: gold[name][gold_rows] for name in GOLD_QUALITY_COLUMNS})
         keep = np.asarray(quality_cut.test(matched), dtype=bool)

@@ -142,7 +142,7 @@ def join_task(
     if stats["repeated"]:
         return stats
     keys = np.asarray(source.locality_keys(rows["ra"], rows["dec"]), dtype=str) if len(rows) else np.empty(0, str)
-    names, codes = np.unique(keys, return_inverse=True)
+    codes, names = pd.factorize(keys, sort=True)  # a hash pass; sorting the names only (as plan_partitions)
     order = np.lexsort((rows["coadd_objects_id"], codes))
     rows = rows[order]
     with np.errstate(over="ignore"):
