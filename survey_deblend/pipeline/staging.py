@@ -51,6 +51,7 @@ from survey_deblend.pipeline.plan import (
 from survey_deblend.schema import SELECTION_DTYPES
 
 SUMMARY_NAME = "summary.json"
+MIN_TASK_ROWS = 100_000  # a staging task never gets fewer rows than this just to keep threads busy
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,12 @@ def id_bounds(results: list[dict], bucket_rows: int) -> list[int]:
     return [int(v) for v in np.unique(samples[order][np.minimum(at, len(order) - 1)])]
 
 
+def task_rows(chunk_rows: int, n_rows: int, threads: int) -> int:
+    """Rows per staging task: ``catalog.chunk_rows``, or fewer when that would leave worker threads idle (two
+    tasks per thread), though not fewer than ``MIN_TASK_ROWS``. The staged rows do not depend on it."""
+    return min(chunk_rows, max(MIN_TASK_ROWS, -(-n_rows // max(2 * threads, 1))))
+
+
 def _load_summary(folder: Path, digest: str) -> StagedSelection | None:
     path = folder / SUMMARY_NAME
     try:
@@ -205,7 +212,9 @@ def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path,
     flow = new_cut_flow(cfg, shear, positions, None)
     token = f"{digest}-{uuid.uuid4().hex[:8]}"  # task keys of this staging only (an old failed one may linger)
     cuts, quality = shear_cuts(cfg.cuts), cfg.cuts.gold_quality
-    shear_ranges, position_ranges = shear.chunk_ranges(cfg.chunk_rows), positions.chunk_ranges(cfg.chunk_rows)
+    threads = sum(client.nthreads().values())
+    shear_ranges = shear.chunk_ranges(task_rows(cfg.chunk_rows, shear.n_rows, threads))
+    position_ranges = positions.chunk_ranges(task_rows(cfg.chunk_rows, positions.n_rows, threads))
     shear_files = [str(folder / f"shear-{k}.npy") for k in range(len(shear_ranges))]
     position_files = [str(folder / f"positions-{j}.npy") for j in range(len(position_ranges))]
     shear_futures = [
@@ -227,7 +236,7 @@ def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path,
         client.cancel(position_futures)
         raise EmptySelectionError(f"{shear.path}: every row was cut before the position match", flow)
     position_results = client.gather(position_futures)
-    bounds = id_bounds(shear_results, cfg.chunk_rows)
+    bounds = id_bounds(shear_results, task_rows(cfg.chunk_rows, int(counts[-1]), threads))
     ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
     staged_positions = [p for p, r in zip(position_files, position_results, strict=True) if "error" not in r]
     quality_cut = gold_quality_cut(cfg.cuts) if quality else None
