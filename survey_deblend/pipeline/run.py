@@ -286,17 +286,19 @@ def run(
         staging = stage_selection(client, config.catalog, source_future, out_dir, manifest["config_hash"])
         cut_flow, table, choice = staging.cut_flow, None, None
         timings["select_s"] = time.perf_counter() - t0
+        timings["select_cpu_s"] = staging.cpu_s  # on the workers
         print(cut_flow.format(), file=stream)
         t0 = time.perf_counter()
         size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
         partitions: list = staging.partitions(config.output.partition_rows)
         n_selected = staging.n_selected
     else:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         selection = select_galaxies(config.catalog)
         table, cut_flow = selection.table.reset_index(drop=True), selection.cut_flow
         n_selected = len(table)
         timings["select_s"] = time.perf_counter() - t0
+        timings["select_cpu_s"] = time.process_time() - cpu0  # on the client
         print(cut_flow.format(), file=stream)
         t0 = time.perf_counter()
         if source is None:

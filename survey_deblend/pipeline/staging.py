@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,7 @@ class StagedSelection:
     folder: Path
     cut_flow: CutFlow
     buckets: list[dict[str, Any]]  # {"rows": file name, "hashes": file name, "keys": [...], "counts": [...]}
+    cpu_s: float = 0.0  # CPU seconds the staging tasks took on the workers (0 when reused)
 
     @property
     def n_selected(self) -> int:
@@ -170,6 +172,14 @@ def id_bounds(results: list[dict], bucket_rows: int) -> list[int]:
     return [int(v) for v in np.unique(samples[order][np.minimum(at, len(order) - 1)])]
 
 
+def timed(fn: Any, *args: Any) -> dict:
+    """``fn(*args)`` (a dict) plus ``cpu_s``, the CPU seconds of the worker thread that ran it (what the staging
+    costs, whatever else shares the machine)."""
+    t0 = time.thread_time()
+    result = fn(*args)
+    return {**result, "cpu_s": time.thread_time() - t0}
+
+
 def task_rows(chunk_rows: int, n_rows: int, threads: int) -> int:
     """Rows per staging task: ``catalog.chunk_rows``, or fewer when that would leave worker threads idle (two
     tasks per thread), though not fewer than ``MIN_TASK_ROWS``. The staged rows do not depend on it."""
@@ -218,12 +228,12 @@ def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path,
     shear_files = [str(folder / f"shear-{k}.npy") for k in range(len(shear_ranges))]
     position_files = [str(folder / f"positions-{j}.npy") for j in range(len(position_ranges))]
     shear_futures = [
-        client.submit(stage_shear_chunk, shear, start, stop, cuts, Path(path), key=f"stage-shear-{token}-{k}",
+        client.submit(timed, stage_shear_chunk, shear, start, stop, cuts, Path(path), key=f"stage-shear-{token}-{k}",
                       retries=1, pure=False)
         for k, ((start, stop), path) in enumerate(zip(shear_ranges, shear_files, strict=True))
     ]
     position_futures = [
-        client.submit(stage_position_chunk, positions, start, stop, quality, Path(path),
+        client.submit(timed, stage_position_chunk, positions, start, stop, quality, Path(path),
                       key=f"stage-positions-{token}-{j}", retries=1, pure=False)
         for j, ((start, stop), path) in enumerate(zip(position_ranges, position_files, strict=True))
     ]
@@ -242,7 +252,7 @@ def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path,
     quality_cut = gold_quality_cut(cfg.cuts) if quality else None
     buckets = [{"rows": f"rows-{b}.npy", "hashes": f"hash-{b}.npy"} for b in range(len(ranges))]
     join_futures = [
-        client.submit(join_task, shear_files, staged_positions, lo, hi, quality_cut, source,
+        client.submit(timed, join_task, shear_files, staged_positions, lo, hi, quality_cut, source,
                       str(folder / bucket["rows"]), str(folder / bucket["hashes"]), key=f"stage-join-{token}-{b}",
                       retries=1, pure=False)
         for b, ((lo, hi), bucket) in enumerate(zip(ranges, buckets, strict=True))
@@ -270,5 +280,6 @@ def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path,
     for path in shear_files + position_files:  # the join's inputs: the rows files hold all that is needed now
         Path(path).unlink(missing_ok=True)
     write_json_atomic(folder / SUMMARY_NAME, {"config_hash": digest, "cut_flow": flow.to_dict(), "buckets": buckets})
-    return StagedSelection(folder, flow, buckets)
+    cpu_s = sum(r["cpu_s"] for r in shear_results + position_results + joined)
+    return StagedSelection(folder, flow, buckets, cpu_s)
 
