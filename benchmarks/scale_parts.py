@@ -30,6 +30,10 @@ class NoPixelSource(CutoutSource):
         cells, inverse = np.unique(i * 1000 + j, return_inverse=True)  # names built once per cell, not per row
         return np.array([f"cell_{c // 1000}_{c % 1000}" for c in cells])[inverse.reshape(-1)]
 
+    def plan(self, ra: np.ndarray, dec: np.ndarray, size_pix: int) -> Any:
+        """No tiles to choose: None (the partitions' tasks get no choice, as ``fetch`` needs none)."""
+        return None
+
     def fetch(self, ra: np.ndarray, dec: np.ndarray, size_pix: int, choice: Any = None) -> CutoutBatch:
         frame = PhotometricFrame("DES", self.bands, self.pixel_scale_arcsec, (30.0,) * len(self.bands))
         batch = CutoutBatch.empty(len(ra), frame, 1, status="ok")
@@ -42,7 +46,7 @@ class NullPredictor:
 
     model_id = "null"
 
-    def predict_batch(self, batch: Any, measure_recon: bool = False) -> pd.DataFrame:
+    def predict_batch(self, batch: Any, measure_recon: bool = False, ids: Any = None) -> pd.DataFrame:
         return pd.DataFrame({name: np.full(len(batch), np.nan) for name in PREDICTION_COLUMNS})
 
 

@@ -42,11 +42,15 @@ def check_unique_ids(selected: pd.DataFrame, path: Path | str) -> None:
     """Raise InputError naming the shear file when a selected COADD_OBJECTS_ID repeats (one output row per galaxy)."""
     repeated = selected[ID].duplicated(keep=False).to_numpy()
     if repeated.any():
-        first = selected[ID].to_numpy()[np.argmax(repeated)]
-        raise InputError(
-            f"{path}: column {ID} repeats: {int(repeated.sum())} selected rows share an ID (first {first}); "
-            "each galaxy must appear once"
-        )
+        raise repeated_ids_error(path, int(repeated.sum()), selected[ID].to_numpy()[np.argmax(repeated)])
+
+
+def repeated_ids_error(path: Path | str, n_repeated: int, first: int) -> InputError:
+    """The error of ``n_repeated`` selected rows sharing IDs, ``first`` the ID of the first in file order."""
+    return InputError(
+        f"{path}: column {ID} repeats: {n_repeated} selected rows share an ID (first {first}); "
+        "each galaxy must appear once"
+    )
 
 
 def id_match_chunk(positions: pd.DataFrame, selected_ids_sorted: np.ndarray, path: Path | str) -> pd.DataFrame:

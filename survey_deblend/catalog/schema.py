@@ -83,3 +83,52 @@ def write_fits_table(path: str | Path, frame: pd.DataFrame, columns: dict[str, s
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(table)]).writeto(path, overwrite=True)
     return path
+
+
+class FitsTableWriter:
+    """A binary table in HDU 1 written chunk by chunk, so that a catalog larger than memory can be written.
+
+    The headers go first (those ``write_fits_table`` writes), each ``write`` appends a chunk's big-endian records,
+    and ``close`` pads the data and puts the final row count into NAXIS2 (a fixed-width card, rewritten in place).
+    """
+
+    def __init__(self, path: str | Path, columns: dict[str, str]) -> None:
+        self.path = Path(path)
+        self.columns = columns
+        self.dtype = np.dtype([(name, np.dtype(dtype).newbyteorder(">")) for name, dtype in columns.items()])
+        self.n_rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "wb")
+        self._handle.write(self._headers())
+
+    def _headers(self) -> bytes:
+        empty = Table({name: np.zeros(0, dtype=dtype) for name, dtype in self.columns.items()})
+        table = fits.BinTableHDU(empty)
+        table.header["NAXIS2"] = self.n_rows
+        return (fits.PrimaryHDU().header.tostring() + table.header.tostring()).encode("ascii")
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append the rows of ``frame`` (every column of the schema; a missing one raises KeyError naming it)."""
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise KeyError(f"{self.path.name}: missing column {missing[0]}")
+        records = np.empty(len(frame), dtype=self.dtype)
+        for name, dtype in self.columns.items():
+            records[name] = np.asarray(frame[name]).astype(dtype)
+        records.tofile(self._handle)
+        self.n_rows += len(frame)
+
+    def close(self) -> Path:
+        data_bytes = self.n_rows * self.dtype.itemsize
+        self._handle.write(b"\0" * (-data_bytes % 2880))
+        headers = self._headers()
+        self._handle.seek(0)
+        self._handle.write(headers)
+        self._handle.close()
+        return self.path
+
+    def __enter__(self) -> FitsTableWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -90,7 +90,7 @@ def _compute(tasks: list, scheduler: str) -> list:
     return list(dask.compute(*tasks, scheduler=scheduler))
 
 
-def _open_inputs(cfg: CatalogConfig) -> tuple[CatalogReader, CatalogReader, CatalogReader | None]:
+def open_inputs(cfg: CatalogConfig) -> tuple[CatalogReader, CatalogReader, CatalogReader | None]:
     """Open and check the shear catalog, the position catalog and (sky match) the shear positions' source."""
     if cfg.shear is None:
         raise ConfigError("catalog.shear: no shear catalog given (--catalog)")
@@ -189,15 +189,11 @@ def _position_pass(cfg: CatalogConfig, positions: CatalogReader, selected: pd.Da
     return best_sky_matches(candidates, len(selected))
 
 
-def select_galaxies(cfg: CatalogConfig) -> Selection:
-    """Select im3shape galaxies with the configured cuts and attach gold positions; count every step.
-
-    Raises InputError/ConfigError for unusable inputs and EmptySelectionError (carrying the cut flow) when
-    every row is cut.
-    """
-    cfg = resolve_release_files(cfg)  # --catalog sva1_gold_r1.0_im3shape.fits.gz alone finds the gold file beside it
-    shear, positions, shear_positions = _open_inputs(cfg)
-    flow = CutFlow(
+def new_cut_flow(
+    cfg: CatalogConfig, shear: CatalogReader, positions: CatalogReader, shear_positions: CatalogReader | None
+) -> CutFlow:
+    """An empty cut flow noting the inputs and the match mode (``select_galaxies`` and the staged selection)."""
+    return CutFlow(
         notes={
             "shear": str(shear.path),
             "positions": str(positions.path),
@@ -206,6 +202,23 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
             **({"shear_positions": str(shear_positions.path)} if shear_positions is not None else {}),
         }
     )
+
+
+def match_step_name(cfg: CatalogConfig, positions: CatalogReader) -> str:
+    """The cut flow's name of the position match step."""
+    radius = f' (< {cfg.match_radius_arcsec:g}")' if cfg.match == "sky" else ""
+    return f"{cfg.match} match in {positions.path.name}{radius}"
+
+
+def select_galaxies(cfg: CatalogConfig) -> Selection:
+    """Select im3shape galaxies with the configured cuts and attach gold positions; count every step.
+
+    Raises InputError/ConfigError for unusable inputs and EmptySelectionError (carrying the cut flow) when
+    every row is cut.
+    """
+    cfg = resolve_release_files(cfg)  # --catalog sva1_gold_r1.0_im3shape.fits.gz alone finds the gold file beside it
+    shear, positions, shear_positions = open_inputs(cfg)
+    flow = new_cut_flow(cfg, shear, positions, shear_positions)
     selected, cuts, counts = _shear_pass(cfg, shear, shear_positions)
     flow.add("rows in", counts[0])
     for cut, count in zip(cuts, counts[1:], strict=True):
@@ -217,11 +230,7 @@ def select_galaxies(cfg: CatalogConfig) -> Selection:
     found = indexer >= 0
     flow.gold_duplicate_ids = duplicates
     flow.unmatched = int((~found).sum())
-    label = positions.path.name
-    flow.add(
-        f"{cfg.match} match in {label}" + (f' (< {cfg.match_radius_arcsec:g}")' if cfg.match == "sky" else ""),
-        int(found.sum()),
-    )
+    flow.add(match_step_name(cfg, positions), int(found.sum()))
     shear_rows = np.flatnonzero(found)  # rows of ``selected`` that stay, and their rows in ``matched``
     gold_rows = indexer[shear_rows]
     if cfg.cuts.gold_quality:

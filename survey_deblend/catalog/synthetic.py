@@ -22,6 +22,7 @@ from survey_deblend.catalog.schema import (
     INFO_FLAG_UNMEASURED,
     UNMEASURED,
     WLINFO_COLUMNS,
+    FitsTableWriter,
     write_fits_table,
 )
 
@@ -220,3 +221,33 @@ def write_catalogs(
 ) -> CatalogPaths:
     """Write synthetic im3shape, gold and wlinfo catalogs for ``objects`` (or ``n`` random objects)."""
     return write_frames(out_dir, catalog_frames(objects, n=n, seed=seed), fmt=fmt)
+
+
+def write_catalogs_streamed(
+    out_dir: str | Path, n: int, seed: int = 0, chunk_rows: int = 500_000, gold_missing: float = 0.02,
+    gold_extra: float = 0.1,
+) -> dict[str, Path]:
+    """The im3shape and gold FITS catalogs of ``n`` random objects, written chunk by chunk (memory: one chunk,
+    whatever ``n``): for ``benchmarks/scale.py``'s 100 M rows. The population is ``catalog_frames``' (problem rows,
+    ``gold_missing`` of the galaxies left out of gold, ``gold_extra * n`` stars and junk appended to it), IDs
+    increasing through the chunks; the rows differ from ``write_catalogs(n=n)``'s (each chunk has its own seed).
+    """
+    out_dir = Path(out_dir)
+    last_id = FIRST_ID
+    with FitsTableWriter(out_dir / "im3shape.fits", IM3SHAPE_COLUMNS) as im3, \
+            FitsTableWriter(out_dir / "gold.fits", GOLD_COLUMNS) as gold:
+        for chunk, start in enumerate(range(0, n, chunk_rows)):
+            chunk_seed = seed * 1_000_003 + chunk
+            objects = random_objects(min(chunk_rows, n - start), chunk_seed)
+            objects["coadd_objects_id"] += last_id - FIRST_ID
+            last_id = int(objects["coadd_objects_id"].iloc[-1])
+            frames = catalog_frames(objects, seed=chunk_seed)
+            im3.write(frames.im3shape)
+            rng = np.random.default_rng(chunk_seed + 7)
+            gold.write(frames.gold[rng.random(len(objects)) >= gold_missing])
+        rng = np.random.default_rng(seed + 11)
+        n_extra = int(gold_extra * n)
+        for start in range(0, n_extra, chunk_rows):
+            extra = _extra_gold(min(chunk_rows, n_extra - start), last_id + start, rng)
+            gold.write(extra[list(GOLD_COLUMNS)])
+    return {"im3shape": im3.path, "gold": gold.path}

@@ -70,6 +70,9 @@ class OutputConfig:
     partition_rows: int = 2000
     overwrite: bool = field(default=False, metadata=NOT_HASHED)
     progress: bool = field(default=True, metadata=NOT_HASHED)
+    # shear catalogs of at least this many rows are selected by the workers into out/_staging and read back by
+    # the partition tasks, so that the client stays small (``pipeline.staging``); smaller ones on the client
+    stage_min_rows: int = field(default=1_000_000, metadata=NOT_HASHED)
 
     def __post_init__(self) -> None:
         if self.partition_rows < 1:

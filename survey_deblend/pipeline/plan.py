@@ -9,6 +9,7 @@ with ``_`` or ``.``)::
     out/_manifest.json                configuration hash, model, cut flow, counts, timings
     out/_done/<partition id>.json     done-markers, written after the rename (row counts per status)
     out/.tmp-*.parquet                a write in progress (removed at start of a run)
+    out/_staging/                     the selection staged by the workers (large catalogs, ``pipeline.staging``)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 
 PART_PREFIX = "part-"
 DONE_DIR = "_done"
+STAGING_DIR = "_staging"
 TMP_PREFIX = ".tmp-"
 MANIFEST_NAME = "_manifest.json"
 
@@ -34,6 +36,21 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9+\-.]")
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def id_hashes(ids: np.ndarray) -> np.ndarray:
+    """The splitmix64 hash of each galaxy id (uint64): what ``id_checksum`` sums, and what the staging area keeps
+    as prefix sums so that the checksum of any row range costs two reads (``pipeline.staging``)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids).astype(np.int64).view(np.uint64) + _MIX
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def format_checksum(total: int) -> str:
+    """A sum of id hashes (any Python int) as the checksum string: mod 2**64, 16 hex digits."""
+    return f"{int(total) % 2**64:016x}"
 
 
 def id_checksum(ids: np.ndarray) -> str:
@@ -44,11 +61,7 @@ def id_checksum(ids: np.ndarray) -> str:
     any id back into the client.
     """
     with np.errstate(over="ignore"):
-        z = np.asarray(ids).astype(np.int64).view(np.uint64) + _MIX
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        return f"{int(np.sum(z, dtype=np.uint64)):016x}"
+        return format_checksum(int(np.sum(id_hashes(ids), dtype=np.uint64)))
 
 
 @dataclass(frozen=True)
@@ -88,14 +101,32 @@ def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int) -> lis
             continue
         key = str(names[codes[group[0]]])
         n_chunks = -(-len(group) // max_rows)
-        safe = _UNSAFE.sub("_", key).lstrip(".") or "nokey"
         for i, chunk in enumerate(np.array_split(group, n_chunks)):
             chunk = chunk.astype(np.int64)
-            partitions.append(Partition(f"{safe}-{i:04d}", key, chunk, id_checksum(ids[chunk])))
+            partitions.append(Partition(partition_id(key, i), key, chunk, id_checksum(ids[chunk])))
+    check_unique_partition_ids(partitions)
+    return partitions
+
+
+def partition_id(key: str, chunk: int) -> str:
+    """``<key>-<chunk>``, the key's unsafe filename characters replaced: the name of a part file."""
+    safe = _UNSAFE.sub("_", key).lstrip(".") or "nokey"
+    return f"{safe}-{chunk:04d}"
+
+
+def chunk_sizes(n_rows: int, max_rows: int) -> np.ndarray:
+    """Sizes of the near-equal chunks of at most ``max_rows`` a key's ``n_rows`` rows are split into, in order
+    (those of ``np.array_split``: the first ``n_rows % n_chunks`` one row longer)."""
+    n_chunks = -(-n_rows // max_rows)
+    sizes = np.full(n_chunks, n_rows // n_chunks, dtype=np.int64)
+    sizes[: n_rows % n_chunks] += 1
+    return sizes
+
+
+def check_unique_partition_ids(partitions: Iterable) -> None:
     ids = [p.partition_id for p in partitions]
     if len(set(ids)) != len(ids):
         raise ValueError("two locality keys map to the same partition id")
-    return partitions
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -156,5 +187,7 @@ class ResumePlan:
             path.unlink()
         if self.done_dir.is_dir():
             shutil.rmtree(self.done_dir)
+        if (self.out_dir / STAGING_DIR).is_dir():
+            shutil.rmtree(self.out_dir / STAGING_DIR)
         (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)
         self.clean_tmp()

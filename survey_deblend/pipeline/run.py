@@ -1,8 +1,12 @@
 """``run(config, client)``: the futures graph of ``survey-deblend run`` (DESIGN.md, "The run").
 
-Selection on the client; the tile choice made once by the source's ``plan`` (sliced per partition when it is
-submitted, it travels with the partition's task); partitions by locality key. The source goes to every worker once
-(the result of one task every partition task names, never pickled into each task). On CPU workers each partition is
+A shear catalog of at least ``output.stage_min_rows`` rows is selected by the workers into ``out/_staging``
+(``pipeline.staging``): the client plans the partitions from counts, each partition task reads its own rows there
+and its source chooses the tiles. A smaller one is selected on the client (faster at that size); the tile choice is
+then made once by the source's ``plan`` (sliced per partition when it is submitted, it travels with the partition's
+task). Either way the partitions are the same: per locality key, in ID order, split into near-equal chunks.
+The source goes to every worker once (the result of one task every task needing it names, never pickled into each
+task). On CPU workers each partition is
 one fused task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with
 GPU workers ``fetch_stamps`` -> ``predict_shapes`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
 window of partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker
@@ -32,7 +36,16 @@ from survey_deblend.pipeline.manifest import config_hash, prepare_output, write_
 from survey_deblend.pipeline.plan import PART_PREFIX, Partition, ResumePlan, plan_partitions
 from survey_deblend.pipeline.plugin import PredictorPlugin, ensure_plugin
 from survey_deblend.pipeline.progress import ProgressLine, format_summary
-from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, process_partition, write_partition
+from survey_deblend.pipeline.staging import StagedPartition, stage_selection
+from survey_deblend.pipeline.tasks import (
+    fetch_partition,
+    fetch_stamps,
+    partition_rows,
+    predict_partition,
+    predict_shapes,
+    process_partition,
+    write_partition,
+)
 from survey_deblend.schema import CATALOG_COLUMNS, PSF_COLUMNS
 
 WINDOW_PER_THREAD = 2  # partitions in flight per worker thread
@@ -83,13 +96,15 @@ def in_flight_window(client: Client) -> int:
 
 
 def _submit_partition(
-    client: Client, partition: Partition, table: pd.DataFrame, choice: Any, source: Any, size_pix: int,
-    config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool,
+    client: Client, partition: Partition | StagedPartition, table: pd.DataFrame | None, choice: Any, source: Any,
+    size_pix: int, config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool,
 ) -> Any:
-    rows = table.iloc[partition.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
-    choice = None if choice is None else choice.take(partition.rows)
     pid = partition.partition_id
     out = str(Path(config.output.out).resolve())
+    if table is None:  # staged: the task reads its rows; the source chooses the tiles there
+        return _submit_staged(client, partition, source, size_pix, config, model, run_id, out, chain, gpu)
+    rows = table.iloc[partition.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
+    choice = None if choice is None else choice.take(partition.rows)
     if not chain:
         return client.submit(
             process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
@@ -111,7 +126,33 @@ def _submit_partition(
     )
 
 
-def verify_output(out_dir: Path, partitions: list[Partition]) -> dict[str, int]:
+def _submit_staged(
+    client: Client, partition: StagedPartition, source: Any, size_pix: int, config: RunConfig, model: ModelInfo,
+    run_id: str, out: str, chain: bool, gpu: bool,
+) -> Any:
+    """A partition of a staged selection: its tasks name the staged slices (``StagedRows``) and read them."""
+    pid, rows = partition.partition_id, partition.rows
+    if not chain:
+        return client.submit(
+            process_partition, source, rows, None, size_pix, config.model.measure_recon, out, pid, partition.tile,
+            model.model_id, run_id, None, config.model.metacal, key=f"partition-{run_id}-{pid}", retries=2,
+            pure=False,
+        )
+    rows = client.submit(partition_rows, rows, key=f"rows-{run_id}-{pid}", retries=2, pure=False)
+    stamps = client.submit(fetch_partition, source, rows, size_pix, None, key=f"fetch-{run_id}-{pid}", retries=2,
+                           pure=False)
+    predictions = client.submit(
+        predict_partition, stamps, config.model.measure_recon, rows, config.model.metacal,
+        key=f"predict-{run_id}-{pid}",
+        resources={"GPU": 1} if gpu else None, retries=1, pure=False,
+    )
+    return client.submit(
+        write_partition, out, pid, rows, partition.tile, predictions, model.model_id, run_id,
+        key=f"write-{run_id}-{pid}", retries=2, pure=False,
+    )
+
+
+def verify_output(out_dir: Path, partitions: list[Partition] | list[StagedPartition]) -> dict[str, int]:
     """Every planned galaxy exactly once, checked without reading ids back: the partitions of the plan are
     disjoint and cover the selection; each one's part file must hold as many rows as planned (its Parquet
     footer) and its done-marker the planned id checksum; no part file outside the plan. Returns status counts."""
@@ -141,6 +182,17 @@ def verify_output(out_dir: Path, partitions: list[Partition]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def stages_on_workers(config: RunConfig) -> bool:
+    """Whether the selection is staged by the workers (``pipeline.staging``): an ID match of a shear catalog of
+    at least ``output.stage_min_rows`` rows (its header says how many). Smaller catalogs select faster on the
+    client; the sky match has no staged form yet."""
+    from survey_deblend.catalog import open_catalog
+
+    if config.catalog.match != "id" or config.catalog.shear is None:
+        return False
+    return open_catalog(config.catalog.shear, "im3shape catalog").n_rows >= config.output.stage_min_rows
+
+
 def plan_run(source: Any, table: pd.DataFrame, size_pix: int, partition_rows: int) -> tuple[list[Partition], Any]:
     """Partitions of ``table`` and the source's one tile choice for all its rows (None when it does not plan);
     each partition's task gets ``choice.take(rows)`` when it is submitted (only the window holds slices)."""
@@ -150,23 +202,27 @@ def plan_run(source: Any, table: pd.DataFrame, size_pix: int, partition_rows: in
     return plan_partitions(table, source.locality_keys(ra, dec), partition_rows), choice
 
 
+def source_task(client: Client, source: Any, run_id: str) -> Any:
+    """The source as the result of one task, not scattered data: the scheduler keeps its spec, so a worker lost
+    with it (a cancelled SLURM job, an elastic pool shrinking) means a recompute, not a lost run. Each worker gets
+    it once (computed there, or fetched from a peer) and every task that needs it names this key."""
+    return client.submit(_source, source, key=f"source-{run_id}", pure=False, retries=2)
+
+
 def _run_window(
-    client: Client, todo: list[Partition], table: pd.DataFrame, choice: Any, source: Any, size_pix: int,
+    client: Client, todo: list, table: pd.DataFrame | None, choice: Any, source_future: Any, size_pix: int,
     config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool, progress: ProgressLine,
 ) -> tuple[dict[str, float], list[str]]:
     """Submit ``todo`` through a window of ``in_flight_window`` partitions, refilled as each finishes.
 
-    The source goes to each worker once, as the result of one task. Returns the summed stage seconds of the fused tasks
-    (``fetch_s``, ``predict_s``, ``write_s``) and a line per failed partition (the others are kept).
+    ``table`` None: the partitions are staged (``StagedPartition``) and their tasks read their rows. Returns the
+    summed stage seconds of the fused tasks (``fetch_s``, ``predict_s``, ``write_s``) and a line per failed
+    partition (the others are kept).
     """
     stage_s = {"fetch_s": 0.0, "predict_s": 0.0, "write_s": 0.0}
     failures: list[str] = []
     if not todo:
         return stage_s, failures
-    # A task whose result is the source, not scattered data: the scheduler keeps its spec, so a worker lost with
-    # it (a cancelled SLURM job, an elastic pool shrinking) means a recompute, not a lost run. Each worker gets it
-    # once (computed there, or fetched from a peer) and every partition task names this key.
-    source_future = client.submit(_source, source, key=f"source-{run_id}", pure=False, retries=2)
     pending = iter(todo)
     window = in_flight_window(client)
     futures: dict[Any, Partition] = {}
@@ -195,7 +251,6 @@ def _run_window(
         refill = submit_next()
         if refill is not None:
             running.add(refill)
-    source_future.release()
     return stage_s, failures
 
 
@@ -223,26 +278,44 @@ def run(
     # Refuse a folder of another configuration before any work (the hash needs only the config and the model).
     manifest = prepare_output(out_dir, config, model.model_id, config_hash(config, model.model_id))
     run_id = manifest["run_id"]
-
-    t0 = time.perf_counter()
-    selection = select_galaxies(config.catalog)
-    table = selection.table.reset_index(drop=True)
-    timings["select_s"] = time.perf_counter() - t0
-    print(selection.cut_flow.format(), file=stream)
-
-    t0 = time.perf_counter()
     cache_dir = config.images.cache_dir or out_dir / "_cache"
-    if source is None:
-        source = open_source(config.images.source, config.images, cache_dir=cache_dir)
-    size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
-    partitions, choice = plan_run(source, table, size_pix, config.output.partition_rows)
+
+    staged = stages_on_workers(config)
+    source_future = None
+    if staged:  # the workers select into out/_staging; the client keeps counts (pipeline.staging)
+        if source is None:
+            source = open_source(config.images.source, config.images, cache_dir=cache_dir)
+        source_future = source_task(client, source, run_id)
+        t0 = time.perf_counter()
+        staging = stage_selection(client, config.catalog, source_future, out_dir, manifest["config_hash"])
+        cut_flow, table, choice = staging.cut_flow, None, None
+        timings["select_s"] = time.perf_counter() - t0
+        timings["select_cpu_s"] = staging.cpu_s  # on the workers
+        print(cut_flow.format(), file=stream)
+        t0 = time.perf_counter()
+        size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
+        partitions: list = staging.partitions(config.output.partition_rows)
+        n_selected = staging.n_selected
+    else:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        selection = select_galaxies(config.catalog)
+        table, cut_flow = selection.table.reset_index(drop=True), selection.cut_flow
+        n_selected = len(table)
+        timings["select_s"] = time.perf_counter() - t0
+        timings["select_cpu_s"] = time.process_time() - cpu0  # on the client
+        print(cut_flow.format(), file=stream)
+        t0 = time.perf_counter()
+        if source is None:
+            source = open_source(config.images.source, config.images, cache_dir=cache_dir)
+        size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
+        partitions, choice = plan_run(source, table, size_pix, config.output.partition_rows)
     timings["plan_s"] = time.perf_counter() - t0
 
     plan = ResumePlan(out_dir)
     done = plan.done()
     todo = [p for p in partitions if p.partition_id not in done]
     manifest.update(
-        cut_flow=selection.cut_flow.to_dict(), n_selected=len(table), n_partitions=len(partitions),
+        cut_flow=cut_flow.to_dict(), n_selected=n_selected, n_partitions=len(partitions),
         stamp_size_pix=size_pix, model_path=str(model.path),
     )
     write_manifest(out_dir, manifest)
@@ -251,7 +324,7 @@ def run(
     fused = (not gpu) if fuse is None else bool(fuse)
     print(f"dashboard: {client.dashboard_link}", file=stream)
     print(
-        f"{len(table):,} galaxies in {len(partitions)} partitions ({len(done)} already done); "
+        f"{n_selected:,} galaxies in {len(partitions)} partitions ({len(done)} already done); "
         f"inference on {'GPU' if gpu else 'CPU'} workers; output {out_dir}",
         file=stream,
     )
@@ -262,10 +335,14 @@ def run(
     ensure_plugin(client, plugin)
 
     t0 = time.perf_counter()
-    progress = ProgressLine(len(partitions), len(table), stream=stream, enabled=config.output.progress)
+    progress = ProgressLine(len(partitions), n_selected, stream=stream, enabled=config.output.progress)
     progress.update(partitions=len(done), galaxies=sum(int(d.get("n_rows", 0)) for d in done.values()))
-    stage_s, failures = _run_window(client, todo, table, choice, source, size_pix, config, model, run_id,
+    if source_future is None and todo:
+        source_future = source_task(client, source, run_id)
+    stage_s, failures = _run_window(client, todo, table, choice, source_future, size_pix, config, model, run_id,
                                     not fused, gpu, progress)
+    if source_future is not None:
+        source_future.release()
     progress.close()
     timings["partitions_s"] = time.perf_counter() - t0
     timings.update(stage_s)
@@ -283,14 +360,14 @@ def run(
     manifest.update(
         state="complete", counts=counts, timings=timings, n_resumed=len(done),
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        galaxies_per_s=len(table) / seconds if seconds > 0 else None,
+        galaxies_per_s=n_selected / seconds if seconds > 0 else None,
         parts=sorted(f"{PART_PREFIX}{p.partition_id}.parquet" for p in partitions),
     )
     write_manifest(out_dir, manifest)
     summary = RunSummary(
-        out=out_dir, run_id=run_id, model_id=model.model_id, n_selected=len(table), counts=counts,
+        out=out_dir, run_id=run_id, model_id=model.model_id, n_selected=n_selected, counts=counts,
         n_partitions=len(partitions), n_resumed=len(done), seconds=seconds, timings=timings,
-        cut_flow=selection.cut_flow.to_dict(),
+        cut_flow=cut_flow.to_dict(),
     )
     print(summary.format(), file=stream)
     return summary

@@ -40,6 +40,26 @@ def fetch_stamps(source: Any, ra: np.ndarray, dec: np.ndarray, size_pix: int, ch
     return source.fetch(ra, dec, int(size_pix), choice=choice)
 
 
+def partition_rows(rows: Any) -> pd.DataFrame:
+    """A partition's rows: the DataFrame shipped with its task, or read here from the staging area
+    (``pipeline.staging.StagedRows``), so that a large selection never travels from the client."""
+    return rows.read() if hasattr(rows, "read") else rows
+
+
+def fetch_partition(source: Any, rows: Any, size_pix: int, choice: Any = None) -> Any:
+    """``fetch_stamps`` of a partition's rows (a DataFrame or ``StagedRows``): the chain's fetch, staged rows."""
+    rows = partition_rows(rows)
+    return fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice)
+
+
+def predict_partition(batch: Any, measure_recon: bool, rows: Any, metacal: bool = False) -> pd.DataFrame:
+    """``predict_shapes`` seeded by a partition's ids, with its rows' PSFs when ``metacal`` (rows: a DataFrame or
+    ``StagedRows``)."""
+    rows = partition_rows(rows)
+    psf = rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64) if metacal else None
+    return predict_shapes(batch, measure_recon, ids=rows["coadd_objects_id"].to_numpy(), psf=psf, metacal=metacal)
+
+
 def predict_shapes(
     batch: Any, measure_recon: bool = True, predictor: Any = None, ids: np.ndarray | None = None,
     psf: np.ndarray | None = None, metacal: bool = False,
@@ -129,9 +149,12 @@ def process_partition(
     """Fetch, predict (and metacalibrate, with ``metacal``) and write one partition in one task (CPU workers):
     the stamps stay in this process.
 
-    Returns ``write_partition``'s info plus the seconds of each stage (``fetch_s``, ``predict_s``, ``write_s``).
+    ``rows``: a DataFrame, or ``StagedRows`` read here. ``choice``: the planner's tile choice for these rows, or
+    None (the source chooses in ``fetch``, as for staged rows). Returns ``write_partition``'s info plus the
+    seconds of each stage (``fetch_s``, ``predict_s``, ``write_s``).
     """
     t0 = time.perf_counter()
+    rows = partition_rows(rows)
     batch = fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice)
     t1 = time.perf_counter()
     ids = rows["coadd_objects_id"].to_numpy()
