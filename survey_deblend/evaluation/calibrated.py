@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from survey_deblend.calibration.response import ensemble_shear
 from survey_deblend.evaluation.metrics import fit_m_c
 from survey_deblend.evaluation.render import Section, Table, fmt, fmt_pm
 
@@ -50,6 +49,8 @@ def _bias_vs_shear(e: np.ndarray, g: np.ndarray, bootstrap: int, seed: int) -> d
 def calibration_summary(df: pd.DataFrame, bootstrap: int = 200, seed: int = 0) -> dict | None:
     """Figures of the calibrated rows of ``df`` (rows with finite R and noshear shapes); None when there are none
     (a run with ``model.metacal: false``)."""
+    from survey_deblend.calibration.response import ensemble_shear  # torch: only when there is something to do
+
     if not set(R_COLUMNS) <= set(df.columns) or "e1_mcal" not in df.columns:
         return None
     cols = [*R_COLUMNS, "e1_mcal", "e2_mcal", "e1_pred", "e2_pred"]
