@@ -27,9 +27,10 @@ def test_comparison_numbers():
 
 
 @pytest.mark.slow
-def test_demo_over_sia_runs_the_real_job_and_compares(tmp_path, checkpoint, capsys):
+def test_demo_over_sia_runs_the_real_job_and_compares(tmp_path, capsys):
+    """The demo as a user runs it: the shipped checkpoint (with its flow head), over the local SIA server."""
     workdir = tmp_path / "demo"
-    args = ["demo", "--workdir", str(workdir), "--model", str(checkpoint), "--n-tiles", "1", "--tile-size", "400",
+    args = ["demo", "--workdir", str(workdir), "--n-tiles", "1", "--tile-size", "400",
             "--workers", "1", "--set", "cluster.dashboard_address=:0", "--set", "model.measure_recon=false"]
     assert main(args) == 0
     out = capsys.readouterr().out
