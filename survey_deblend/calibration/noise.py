@@ -3,15 +3,15 @@
 From the stamp itself: the robust spread (1.4826 x median absolute deviation) of its border pixels, where a
 stamp of a sky-subtracted coadd is mostly sky; a neighbour's light on part of the border moves the median
 little. From a weight map (inverse variance) where the source has one: ``1 / sqrt(median weight)``
-(``weight_noise_sigma``, owned by ``cutouts.weights`` so that the sources fill ``CutoutBatch.noise_sigma``).
+(``weight_noise_sigma``, owned by ``survey_deblend.noise``, which the cutout sources use as well).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from survey_deblend.cutouts.weights import weight_noise_sigma
 from survey_deblend.errors import InputError
+from survey_deblend.noise import weight_noise_sigma
 
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a Gaussian in units of its sigma
 BORDER_WIDTH = 3
