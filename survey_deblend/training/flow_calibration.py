@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["calibrate_flow", "calibrate_head", "coverage_matrix", "crossing", "fit_temperature"]
 
 LEVEL = 0.68  # the credible level whose coverage is made nominal
-COARSE = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.6, 2.0, 3.0)  # first scan; then 4 points inside the bracketing pair
+START = (0.9, 1.0, 1.1)  # the first temperatures; a crossing outside is bracketed by OUTER, one side at a time
+OUTER = ((0.75, 1.25), (0.6, 1.5), (0.45, 2.0), (0.3, 3.0))
+REFINE = 3  # points inside the bracketing pair
 N_SAMPLES = 256  # draws per galaxy for each HPD level
 BOOTSTRAP = 200
 
@@ -72,17 +74,33 @@ def _nll(head: FlowHead, lat: Latents, temperature: float) -> float:
         return float(-head.log_prob_e(torch.from_numpy(lat.e), ctx, temperature=temperature).mean())
 
 
+def _scan(head: FlowHead, val: Latents, level: float, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted temperatures and their ``coverage_matrix`` columns: a bracket of the crossing around T = 1, widened
+    until it holds (up to ``OUTER``), then ``REFINE`` points inside it."""
+    grid: dict[float, np.ndarray] = {}
+
+    def add(ts: tuple[float, ...]) -> None:
+        ts = tuple(t for t in ts if t not in grid)
+        grid.update(zip(ts, coverage_matrix(head, val, ts, level, n_samples).T, strict=True))
+
+    add(START)
+    for lo, hi in OUTER:
+        cov = {t: float(col.mean()) for t, col in grid.items()}
+        if max(cov.values()) >= level and min(cov.values()) <= level:
+            break
+        add((lo,) if min(cov.values()) > level else (hi,))
+    t = np.asarray(sorted(grid))
+    t0, clipped = crossing(t, np.asarray([grid[x].mean() for x in t]), level)
+    if not clipped:
+        g = int(np.clip(np.searchsorted(t, t0), 1, len(t) - 1))
+        add(tuple(round(float(x), 4) for x in np.linspace(t[g - 1], t[g], REFINE + 2)[1:-1]))
+    t = np.asarray(sorted(grid))
+    return t, np.stack([grid[x] for x in t], axis=1)
+
+
 def calibrate_head(head: FlowHead, val: Latents, level: float = LEVEL, n_samples: int = N_SAMPLES) -> dict[str, Any]:
     """Fit the e temperature on ``val``, set it on ``head.arch`` (rounded to 1e-3), return the metadata record."""
-    coarse = coverage_matrix(head, val, COARSE, level, n_samples)
-    t0, _ = crossing(np.asarray(COARSE), coarse.mean(axis=0), level)
-    g = int(np.searchsorted(COARSE, t0))
-    lo, hi = COARSE[max(g - 1, 0)], COARSE[min(g, len(COARSE) - 1)]
-    fine = tuple(float(x) for x in np.linspace(lo, hi, 6)[1:-1]) if hi > lo else ()
-    grid = np.asarray(COARSE + fine)
-    inside = np.concatenate([coarse, coverage_matrix(head, val, fine, level, n_samples)], axis=1)
-    order = np.argsort(grid)
-    grid, inside = grid[order], inside[:, order]
+    grid, inside = _scan(head, val, level, n_samples)
     temperature, err, clipped = fit_temperature(inside, grid, level)
     temperature = round(temperature, 3)
     nll_before = _nll(head, val, 1.0)
