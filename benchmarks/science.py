@@ -103,7 +103,8 @@ def main() -> None:
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in line.items()}))
 
 
-FLOW_KEYS = ("roundness_sample", "coverage_e_68", "coverage_e_95", "coverage_z_68", "coverage_z_95", "e_pull_rms")
+FLOW_KEYS = ("roundness_sample", "coverage_e_68", "coverage_e_95", "coverage_z_68", "coverage_z_95", "e_pull_rms",
+             "e_temperature")
 
 
 def flow_keys(result: dict, predictor, data: Path, quick: bool) -> dict:
