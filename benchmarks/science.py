@@ -115,9 +115,7 @@ def flow_keys(result: dict, predictor, data: Path, quick: bool) -> dict:
                                                           "flow_head_images_per_s", "load_1min")}}
     rows = {row["estimator"]: row for row in result["table"]}
     mean_row = rows["flow: posterior mean"]
-    out = {"head": "flow", "rmse_e_gaussian": rows["model"]["rmse"], "roundness_gaussian": rows["model"]["roundness"],
-           "z_sigma_nmad_gaussian": result["redshift"]["sigma_nmad"],
-           "z_outliers_gaussian": result["redshift"]["outlier_fraction"],
+    out = {"head": "flow", **gaussian_figures(predictor, data, result["snr_min"], 200 if quick else None),
            "rmse_e": post["rmse_e"], "roundness": post["roundness"], "z_sigma_nmad": post["z_sigma_nmad"],
            "z_outliers": post["z_outliers"], "fit_m": _worse(mean_row["m1"], mean_row["m2"]),
            "fit_c": _worse(mean_row["c1"], mean_row["c2"])}
@@ -128,6 +126,24 @@ def flow_keys(result: dict, predictor, data: Path, quick: bool) -> dict:
     out.update({k: post[k] for k in FLOW_KEYS})
     out.update(speed_figures(predictor, data, 1024 if quick else 8192))
     return out
+
+
+def gaussian_figures(predictor, data: Path, snr_min: float, max_samples: int | None) -> dict:
+    """The Gaussian regressor's figures on the same galaxies (with a flow the Predictor's e1_pred is the flow's)."""
+    from survey_deblend.evaluation import metrics
+    from survey_deblend.evaluation.simulated import select_indices
+    from survey_deblend.sim.dataset import open_dataset
+
+    ds = open_dataset(data)
+    idx = select_indices(ds, snr_min, max_samples=max_samples)
+    normed, mask = predictor.prepare(ds.read("blend", idx), tuple(ds.manifest["bands"]),
+                                     float(ds.manifest["pixel_scale_arcsec"]))
+    out = predictor.encode_normalized(normed, mask)[1].astype(np.float64)
+    row = metrics.shape_metrics(out[:, 0], out[:, 1], ds.read("e1", idx), ds.read("e2", idx), bootstrap=0)
+    z_true = ds.read("z", idx).astype(np.float64)
+    return {"rmse_e_gaussian": row["rmse"], "roundness_gaussian": row["roundness"],
+            "z_sigma_nmad_gaussian": metrics.sigma_nmad(out[:, 3], z_true),
+            "z_outliers_gaussian": metrics.outlier_fraction(out[:, 3], z_true)}
 
 
 def _stamps(predictor, data: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
