@@ -196,3 +196,18 @@ def test_a_temperature_widens_the_e_posterior_but_leaves_the_mean_and_z_untouche
     spread = np.hypot(hot["e1_sample"] - hot["e1_pred"], hot["e2_sample"] - hot["e2_pred"])
     assert np.median(spread) > 1.2 * np.median(np.hypot(plain["e1_sample"] - plain["e1_pred"],
                                                         plain["e2_sample"] - plain["e2_pred"]))
+
+
+def test_the_shipped_flow_carries_its_validation_temperature():
+    """The shipped checkpoint's e temperature is the one its calibration record fitted on validation data."""
+    from survey_deblend.inference import default_checkpoint
+
+    checkpoint = load_checkpoint(default_checkpoint())
+    flow = checkpoint.metadata["flow"]
+    record = flow["calibration"]
+    head = checkpoint.build("flow")
+    assert flow["architecture"]["e_temperature"] == record["e_temperature"] == head.arch.e_temperature
+    assert 1.0 < record["e_temperature"] < 1.1 and not record["clipped_to_grid"]
+    assert abs(record["val_coverage_e_68"] - 0.68) < 0.01 and record["validation_rows"] == 2400
+    grid, cov = np.asarray(record["grid"]), np.asarray(record["coverage_e_68_by_t"])
+    assert np.all(np.diff(cov) > 0) and grid[cov < 0.68].max() < record["e_temperature"] < grid[cov > 0.68].min()
