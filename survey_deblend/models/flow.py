@@ -17,7 +17,9 @@ pass per transform); the z flow is one-dimensional (its inverse is one pass too)
 
 Posterior summaries (``summarize``) use K draws per galaxy, vectorised: a scrambled Sobol set of K base points
 shared by all galaxies (low-variance means and spreads), plus one draw per galaxy whose base point comes from a
-counter-based hash of the galaxy's id, so a re-run reproduces it whatever the batch it falls in.
+counter-based hash of the galaxy's id, so a re-run reproduces it whatever the batch it falls in. A calibration
+temperature ``arch.e_temperature`` (fitted on validation data, ``training.flow_calibration``) scales the e base
+points for the spread, the draw and the credible regions; the mean stays that of the untempered draws.
 
 Use (the Predictor): ``head = checkpoint.build("flow")`` once when ``checkpoint.has_flow``, then per batch
 ``head.summarize(latent_mean, band_mask, galaxy_ids)``; its keys are DESIGN.md's output column names.
@@ -56,7 +58,7 @@ class FlowArchitecture:
     bins: int = 8
     hidden: tuple[int, ...] = (32, 32)  # hyper-network layers of each transform
     samples: int = 16  # K, posterior draws per galaxy for the summaries (Sobol: mean error ~0.004 at 16)
-    # Calibration, fitted after training on a validation split (``fit_temperature``): the e flow's base points
+    # Calibration, fitted after training on a validation split (training.flow_calibration): the e flow's base points
     # are scaled by it for e_sigma_pred, the id-seeded draw and the credible regions; 1.0 = untempered.
     e_temperature: float = 1.0
 
@@ -284,6 +286,7 @@ class FlowHead(nn.Module):
         ``e_hpd_level``: posterior mass of the (e1, e2) highest-density region whose edge passes through the
         truth, from the flow's log-prob of ``n_samples`` draws (truth inside the 68 % region iff <= 0.68);
         ``e1_rank``, ``e2_rank``: fraction of draws below the truth per component; ``z_pit``: exact CDF at z.
+        The e statistics are those of the posterior tempered by ``temperature`` (None: ``arch.e_temperature``).
         """
         self.eval()
         device = self.loc.device
