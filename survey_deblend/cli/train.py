@@ -6,7 +6,7 @@ import argparse
 
 from survey_deblend.cli.options import add_config_options
 
-STAGES = ("vae", "deblender", "regressor", "all", "flow")
+STAGES = ("vae", "deblender", "regressor", "all", "flow", "flow-calibration")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +35,14 @@ def run_train(args: argparse.Namespace) -> int:
         from survey_deblend.training.flow import train_flow
 
         results = {"flow": train_flow(cfg)}
+    elif args.stage == "flow-calibration":  # the e temperature of a trained flow, no retraining
+        from survey_deblend.training.flow_calibration import calibrate_flow
+
+        record = calibrate_flow(cfg)
+        print(f"flow calibration: e temperature {record['e_temperature']} +- {record['e_temperature_err']} "
+              f"(validation 68 %/95 % coverage {record['val_coverage_e_68']}/{record['val_coverage_e_95']})")
+        print(f"checkpoint: {record['checkpoint']}")
+        return 0
     else:
         results = {args.stage: getattr(stages, f"train_{args.stage}")(cfg)}
     for name, result in results.items():

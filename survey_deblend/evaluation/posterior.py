@@ -3,7 +3,9 @@
 Run on the same galaxies as the other estimators of ``evaluation.simulated``. The posterior mean and one
 posterior draw per galaxy (seeded by the sample's index in the data set) are compared with the truth labels;
 calibration is the fraction of truths inside the 68 % / 95 % credible regions (highest-density regions of
-(e1, e2) from the flow's log-prob of its draws; central intervals of z) and the rank / PIT histograms.
+(e1, e2) from the flow's log-prob of its draws; central intervals of z) and the rank / PIT histograms. All e
+statistics but the mean are those of the tempered posterior when the checkpoint carries a calibration
+temperature (``arch.e_temperature``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def posterior_figures(head, latent: np.ndarray, mask: np.ndarray, ids: np.ndarra
         "z_bias": metrics.weighted_mean(summary["z_pred"] - z_true),
         "e_pull_rms": float(np.sqrt(np.nanmean(pull**2))),
         "n_samples_summary": int(head.arch.samples),
+        "e_temperature": float(head.arch.e_temperature),  # the calibration of the e part (training.flow_calibration)
         "n_samples_calibration": CALIBRATION_SAMPLES,
     }
     return {"figures": figures, "rows": {"flow: posterior mean": mean_row, "flow: posterior draw": draw_row},

@@ -17,7 +17,9 @@ pass per transform); the z flow is one-dimensional (its inverse is one pass too)
 
 Posterior summaries (``summarize``) use K draws per galaxy, vectorised: a scrambled Sobol set of K base points
 shared by all galaxies (low-variance means and spreads), plus one draw per galaxy whose base point comes from a
-counter-based hash of the galaxy's id, so a re-run reproduces it whatever the batch it falls in.
+counter-based hash of the galaxy's id, so a re-run reproduces it whatever the batch it falls in. A calibration
+temperature ``arch.e_temperature`` (fitted on validation data, ``training.flow_calibration``) scales the e base
+points for the spread, the draw and the credible regions; the mean stays that of the untempered draws.
 
 Use (the Predictor): ``head = checkpoint.build("flow")`` once when ``checkpoint.has_flow``, then per batch
 ``head.summarize(latent_mean, band_mask, galaxy_ids)``; its keys are DESIGN.md's output column names.
@@ -56,6 +58,9 @@ class FlowArchitecture:
     bins: int = 8
     hidden: tuple[int, ...] = (32, 32)  # hyper-network layers of each transform
     samples: int = 16  # K, posterior draws per galaxy for the summaries (Sobol: mean error ~0.004 at 16)
+    # Calibration, fitted after training on a validation split (training.flow_calibration): the e flow's base points
+    # are scaled by it for e_sigma_pred, the id-seeded draw and the credible regions; 1.0 = untempered.
+    e_temperature: float = 1.0
 
     def to_dict(self) -> dict:
         """Plain types only (``weights_only`` checkpoints)."""
@@ -169,11 +174,20 @@ class FlowHead(nn.Module):
         return self.embed(torch.cat([latent, band_mask.to(latent.dtype)], dim=-1))
 
     # -- densities ---------------------------------------------------------------------------------------------
-    def log_prob_e(self, e: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """``log p(e1, e2 | c)`` in the (e1, e2) plane, ``e`` ``(..., N, 2)`` against ``ctx`` ``(N, C)``."""
+    def log_prob_e(self, e: torch.Tensor, ctx: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """``log p(e1, e2 | c)`` in the (e1, e2) plane, ``e`` ``(..., N, 2)`` against ``ctx`` ``(N, C)``.
+
+        ``temperature`` T: the density of the tempered flow, whose base is ``N(0, T^2 I)`` (see ``sample_e``).
+        """
         eta, log_det = shear_to_conformal(e)
         u = (eta - self.loc[:2]) / self.scale[:2]
-        return self.flow_e(ctx).log_prob(u) + log_det - torch.log(self.scale[:2]).sum()
+        dist = self.flow_e(ctx)
+        if temperature == 1.0:
+            log_p = dist.log_prob(u)
+        else:
+            base, ladj = dist.transform.call_and_ladj(u)
+            log_p = dist.base.log_prob(base / temperature) - 2.0 * math.log(temperature) + ladj
+        return log_p + log_det - torch.log(self.scale[:2]).sum()
 
     def log_prob_z(self, z: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """``log p(z | c)`` for ``z`` ``(..., N)``."""
@@ -187,20 +201,23 @@ class FlowHead(nn.Module):
         return self.log_prob_e(e, ctx) + self.log_prob_z(z, ctx)
 
     # -- sampling ----------------------------------------------------------------------------------------------
-    def sample_e(self, eps: torch.Tensor, ctx: torch.Tensor, with_log_prob: bool = False):
+    def sample_e(self, eps: torch.Tensor, ctx: torch.Tensor, with_log_prob: bool = False,
+                 temperature: float = 1.0):
         """Map base points ``eps`` ``(K, N, 2)`` (or ``(K, 1, 2)``, shared) to e draws ``(K, N, 2)`` in the disc.
 
-        With ``with_log_prob`` also returns ``log p(e | c)`` of each draw (for highest-density regions).
+        ``temperature`` T maps ``T * eps`` instead: draws of the tempered flow (base ``N(0, T^2 I)``, wider for
+        T > 1). With ``with_log_prob`` also returns the (tempered) ``log p(e | c)`` of each draw (for HPD regions).
         """
         eps = eps.expand(eps.shape[0], ctx.shape[0], 2)
         dist = self.flow_e(ctx)
-        u, ladj = dist.transform.inv.call_and_ladj(eps)
+        u, ladj = dist.transform.inv.call_and_ladj(eps if temperature == 1.0 else eps * temperature)
         eta = u * self.scale[:2] + self.loc[:2]
         e = conformal_to_shear(eta)
         if not with_log_prob:
             return e
         _, log_det = shear_to_conformal(e)
-        log_p = dist.base.log_prob(eps) - ladj + log_det - torch.log(self.scale[:2]).sum()
+        log_base = dist.base.log_prob(eps) - 2.0 * math.log(temperature)
+        log_p = log_base - ladj + log_det - torch.log(self.scale[:2]).sum()
         return e, log_p
 
     def z_quantiles(self, ctx: torch.Tensor, quantiles: tuple[float, ...] = Z_QUANTILES) -> torch.Tensor:
@@ -224,7 +241,9 @@ class FlowHead(nn.Module):
         ``e1_pred, e2_pred``: posterior mean over K Sobol draws; ``e_sigma_pred``: per-component posterior
         standard deviation, ``sqrt((var e1 + var e2) / 2)``; ``e1_sample, e2_sample``: one draw seeded by the id;
         ``z_pred``: posterior median; ``z_lo, z_hi``: 16th/84th percentiles; ``z_sigma_pred = (z_hi - z_lo) / 2``.
-        ``n_samples`` overrides K (``arch.samples``) for this call.
+        ``n_samples`` overrides K (``arch.samples``) for this call. With a calibration temperature T
+        (``arch.e_temperature``) ``e_sigma_pred`` and the draw are the tempered posterior's, while the mean stays
+        the untempered one (the point estimate that shape calibrations are measured on does not move).
         """
         self.eval()
         device = self.loc.device
@@ -235,16 +254,20 @@ class FlowHead(nn.Module):
         if not (len(latent) == len(band_mask) == len(seeds)):
             raise ValueError(f"summarize: {len(latent)} latents, {len(band_mask)} band masks, {len(seeds)} seeds")
         own = torch.as_tensor(seeded_normals(seeds, 2), dtype=torch.float32)
+        temp = float(self.arch.e_temperature)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in SUMMARY_COLUMNS}
         for start in range(0, len(latent), batch_size):
             sl = slice(start, start + batch_size)
             lat = torch.as_tensor(np.asarray(latent[sl]), dtype=torch.float32, device=device)
             msk = torch.as_tensor(np.asarray(band_mask[sl]), dtype=torch.float32, device=device)
             ctx = self.context(lat, msk)
-            eps = torch.cat([base[:, None, :].expand(-1, len(lat), 2), own[None, sl].to(device)], 0)
-            e = self.sample_e(eps, ctx).double()  # (K + 1, N, 2)
+            mine_eps = own[None, sl].to(device) if temp == 1.0 else own[None, sl].to(device) * temp
+            eps = torch.cat([base[:, None, :].expand(-1, len(lat), 2), mine_eps], 0)
+            e = self.sample_e(eps, ctx).double()  # (K + 1, N, 2): K untempered draws and the (tempered) own draw
             draws, mine = e[:-1], e[-1]
-            mean = draws.mean(dim=0)
+            mean = draws.mean(dim=0)  # the untempered mean: calibration leaves e1_pred, e2_pred untouched
+            if temp != 1.0:
+                draws = self.sample_e(base[:, None, :], ctx, temperature=temp).double()
             var = draws.var(dim=0, unbiased=True).mean(dim=-1)
             zq = self.z_quantiles(ctx).double()
             columns = {"e1_pred": mean[:, 0], "e2_pred": mean[:, 1], "e_sigma_pred": var.sqrt(),
@@ -256,15 +279,18 @@ class FlowHead(nn.Module):
 
     @torch.inference_mode()
     def calibration(self, latent: np.ndarray, band_mask: np.ndarray, e_true: np.ndarray, z_true: np.ndarray,
-                    n_samples: int = 256, seed: int = 0, batch_size: int = 512) -> dict[str, np.ndarray]:
+                    n_samples: int = 256, seed: int = 0, batch_size: int = 512,
+                    temperature: float | None = None) -> dict[str, np.ndarray]:
         """Per-galaxy calibration statistics of the truth under the posterior, each uniform on (0, 1) if calibrated.
 
         ``e_hpd_level``: posterior mass of the (e1, e2) highest-density region whose edge passes through the
         truth, from the flow's log-prob of ``n_samples`` draws (truth inside the 68 % region iff <= 0.68);
         ``e1_rank``, ``e2_rank``: fraction of draws below the truth per component; ``z_pit``: exact CDF at z.
+        The e statistics are those of the posterior tempered by ``temperature`` (None: ``arch.e_temperature``).
         """
         self.eval()
         device = self.loc.device
+        temp = float(self.arch.e_temperature if temperature is None else temperature)
         gen = torch.Generator().manual_seed(seed)
         out: dict[str, list[np.ndarray]] = {"e_hpd_level": [], "e1_rank": [], "e2_rank": [], "z_pit": []}
         for start in range(0, len(latent), batch_size):
@@ -275,8 +301,8 @@ class FlowHead(nn.Module):
             zt = torch.as_tensor(np.asarray(z_true[sl]), dtype=torch.float32, device=device)
             ctx = self.context(lat, msk)
             eps = torch.randn((n_samples, len(lat), 2), generator=gen).to(device)
-            draws, log_p = self.sample_e(eps, ctx, with_log_prob=True)
-            log_p_true = self.log_prob_e(et, ctx)
+            draws, log_p = self.sample_e(eps, ctx, with_log_prob=True, temperature=temp)
+            log_p_true = self.log_prob_e(et, ctx, temperature=temp)
             out["e_hpd_level"].append((log_p > log_p_true[None]).double().mean(0).cpu().numpy())
             ranks = (draws < et[None]).double().mean(0).cpu().numpy()
             out["e1_rank"].append(ranks[:, 0])

@@ -97,14 +97,43 @@ def _cached_latents(path: Path, make) -> Latents:
     return latents
 
 
-def train_flow(cfg: TrainingConfig) -> StageResult:
-    """Train the flow head on ``cfg.flow.checkpoint`` (default ``cfg.output``) and write it to ``flow.output``."""
+@dataclasses.dataclass
+class FlowInputs:
+    """What the flow stage and its calibration share: the frozen encoder and its latents' data and cache keys."""
+
+    source: Path
+    target: Path
+    checkpoint: Checkpoint
+    data: TrainingData
+    encoder: torch.nn.Module
+    norm: Normalizer
+    device: torch.device
+    stage_dir: Path
+    data_key: dict
+    upstream: str
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.checkpoint.metadata["bands"])
+
+    @property
+    def latent_key(self) -> str:
+        return config_fingerprint({"data": self.data_key, "upstream": self.upstream})
+
+    def val_latents(self, cfg: TrainingConfig) -> Latents:
+        """The held-out split under its own band-dropout masks (cached): early stopping and the calibration."""
+        idx = self.data.val_idx
+        return _cached_latents(self.stage_dir / f"latents-val-{self.latent_key}.npz", lambda: encode_split(
+            self.encoder, self.norm, self.data, idx, _dropout_masks(cfg, len(idx), self.n_bands, 10**6), self.device))
+
+
+def flow_inputs(cfg: TrainingConfig) -> FlowInputs:
+    """Open ``cfg.flow.checkpoint`` (default ``cfg.output``) and the flow's data set (simulated if missing)."""
     from survey_deblend.training.stages import ensure_dataset
 
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     source = Path(cfg.flow.checkpoint or cfg.output)
-    target = Path(cfg.flow.output or source)
     checkpoint = load_checkpoint(source)
     data_cfg = cfg.flow.data or cfg.data
     ensure_dataset(dataclasses.replace(cfg, data=data_cfg))
@@ -114,18 +143,28 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
     encoder = checkpoint.build("deblender").to(device)
     for p in encoder.parameters():
         p.requires_grad_(False)
-    norm = Normalizer(np.asarray(meta["m_b"]), float(meta["beta"])).to(device)
-    n_bands = len(meta["bands"])
-    upstream = _state_hash(checkpoint.state["deblender"])
-    settings = {k: v for k, v in dataclasses.asdict(cfg.flow).items()
-                if k not in ("epochs", "checkpoint", "output", "data")}
     data_key = {"path": str(data_cfg.path), "val_fraction": data_cfg.val_fraction, "max_samples": data_cfg.max_samples,
                 "seed": cfg.seed, "band_dropout": cfg.band_dropout, "u_dropout": cfg.u_dropout}
-    fingerprint = config_fingerprint({"stage": "flow", "flow": settings, "data": data_key, "upstream": upstream})
     stage_dir = Path(cfg.work_dir) / "flow"
     stage_dir.mkdir(parents=True, exist_ok=True)
+    return FlowInputs(source, Path(cfg.flow.output or source), checkpoint, data, encoder,
+                      Normalizer(np.asarray(meta["m_b"]), float(meta["beta"])).to(device), device, stage_dir,
+                      data_key, _state_hash(checkpoint.state["deblender"]))
+
+
+def train_flow(cfg: TrainingConfig) -> StageResult:
+    """Train the flow head on ``cfg.flow.checkpoint`` (default ``cfg.output``), calibrate its e temperature on
+    the held-out split (``training.flow_calibration``) and write it to ``flow.output``."""
+    from survey_deblend.training.flow_calibration import calibrate_head
+
+    inputs = flow_inputs(cfg)
+    checkpoint, data, encoder, norm, device = inputs.checkpoint, inputs.data, inputs.encoder, inputs.norm, inputs.device
+    meta, n_bands, stage_dir, latent_key = checkpoint.metadata, inputs.n_bands, inputs.stage_dir, inputs.latent_key
+    settings = {k: v for k, v in dataclasses.asdict(cfg.flow).items()
+                if k not in ("epochs", "checkpoint", "output", "data")}
+    fingerprint = config_fingerprint({"stage": "flow", "flow": settings, "data": inputs.data_key,
+                                      "upstream": inputs.upstream})
     draws = max(1, int(cfg.flow.mask_draws))
-    latent_key = config_fingerprint({"data": data_key, "upstream": upstream})
     t0 = time.perf_counter()
 
     def make_draw(k: int):  # one band-mask realisation of the training split, cached on its own
@@ -134,8 +173,7 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
 
     train = Latents.concat([_cached_latents(stage_dir / f"latents-train{k}-{latent_key}.npz", make_draw(k))
                             for k in range(draws)])
-    val = _cached_latents(stage_dir / f"latents-val-{latent_key}.npz", lambda: encode_split(
-        encoder, norm, data, data.val_idx, _dropout_masks(cfg, len(data.val_idx), n_bands, 10**6), device))
+    val = inputs.val_latents(cfg)
     if cfg.progress:
         print(f"[flow] latents of {len(train)} training rows ({draws} band-mask draws) and {len(val)} held-out "
               f"rows ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -161,13 +199,15 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
     stage = Stage("flow", {"flow": head}, [head], loss_fn, cfg.flow, fingerprint)
     result = run_stage(stage, rows_train, rows_val, cfg.seed, Path(cfg.work_dir), cfg.progress)
     head = head.cpu().eval()
+    calibration = calibrate_head(head, val)
     t1 = time.perf_counter()
     figures = held_out_flow_figures(head, checkpoint, data, encoder.cpu(), norm.cpu())
     figures["seconds"] = round(time.perf_counter() - t1, 1)
     metadata = dict(meta)
     metadata["flow"] = {
-        "architecture": arch.to_dict(),
-        "source_checkpoint": str(source),
+        "architecture": head.arch.to_dict(),
+        "calibration": calibration,
+        "source_checkpoint": str(inputs.source),
         "training_data": data.describe(),
         "training": {
             "best_val_nll": float(result.best_val), "best_epoch": int(result.best_epoch),
@@ -178,9 +218,9 @@ def train_flow(cfg: TrainingConfig) -> StageResult:
         "metrics": figures,
     }
     state = {**checkpoint.state, "flow": head.state_dict()}
-    save_checkpoint(target, Checkpoint(metadata=metadata, state=state))
+    save_checkpoint(inputs.target, Checkpoint(metadata=metadata, state=state))
     if cfg.progress:
-        print(f"[flow] wrote {target}; held-out: {figures}", file=sys.stderr, flush=True)
+        print(f"[flow] wrote {inputs.target}; held-out: {figures}", file=sys.stderr, flush=True)
     return result
 
 

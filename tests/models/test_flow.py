@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import galsim
 import numpy as np
 import pytest
@@ -165,3 +167,47 @@ def test_flow_travels_in_a_weights_only_checkpoint(tmp_path, untrained_checkpoin
     bad = {**metadata, "flow": {"architecture": {**arch.to_dict(), "transforms": 5}}}
     with pytest.raises(SurveyDeblendError, match="does not match"):
         Checkpoint(bad, loaded.state).build("flow")
+
+
+def test_a_temperature_widens_the_e_posterior_but_leaves_the_mean_and_z_untouched():
+    head = _head()
+    latent, mask = _inputs(2)
+    t = 1.4
+    with torch.no_grad():
+        ctx = head.context(torch.from_numpy(latent), torch.from_numpy(mask).float())
+        xs = torch.linspace(-0.999, 0.999, 301, dtype=torch.float32)
+        grid = torch.stack(torch.meshgrid(xs, xs, indexing="ij"), -1).reshape(-1, 1, 2)
+        inside = (grid.norm(dim=-1) < 1.0).float()
+        p_e = head.log_prob_e(grid.expand(-1, 2, 2).contiguous(), ctx, temperature=t).exp() * inside
+        np.testing.assert_allclose((p_e.sum(0) * (xs[1] - xs[0]) ** 2).numpy(), 1.0, atol=0.01)
+        draws, log_p = head.sample_e(torch.randn(16, 2, 2), ctx, with_log_prob=True, temperature=t)
+        torch.testing.assert_close(log_p, head.log_prob_e(draws, ctx, temperature=t), atol=1e-3, rtol=1e-4)
+    latent, mask = _inputs(200)
+    ids = np.arange(200) * 31 + 5
+    plain = head.summarize(latent, mask, ids)
+    head.arch = dataclasses.replace(head.arch, e_temperature=t)
+    hot = head.summarize(latent, mask, ids)
+    for key in ("e1_pred", "e2_pred", "z_pred", "z_lo", "z_hi", "z_sigma_pred"):
+        np.testing.assert_array_equal(hot[key], plain[key])  # bit for bit: the mean stays the untempered one
+    ratio = hot["e_sigma_pred"] / plain["e_sigma_pred"]
+    assert np.all(ratio > 1.1) and 1.25 < np.median(ratio) < 1.55  # about T where the flow is near-affine
+    assert not np.allclose(hot["e1_sample"], plain["e1_sample"])
+    assert np.all(np.hypot(hot["e1_sample"], hot["e2_sample"]) < 1)
+    spread = np.hypot(hot["e1_sample"] - hot["e1_pred"], hot["e2_sample"] - hot["e2_pred"])
+    assert np.median(spread) > 1.2 * np.median(np.hypot(plain["e1_sample"] - plain["e1_pred"],
+                                                        plain["e2_sample"] - plain["e2_pred"]))
+
+
+def test_the_shipped_flow_carries_its_validation_temperature():
+    """The shipped checkpoint's e temperature is the one its calibration record fitted on validation data."""
+    from survey_deblend.inference import default_checkpoint
+
+    checkpoint = load_checkpoint(default_checkpoint())
+    flow = checkpoint.metadata["flow"]
+    record = flow["calibration"]
+    head = checkpoint.build("flow")
+    assert flow["architecture"]["e_temperature"] == record["e_temperature"] == head.arch.e_temperature
+    assert 1.0 < record["e_temperature"] < 1.1 and not record["clipped_to_grid"]
+    assert abs(record["val_coverage_e_68"] - 0.68) < 0.01 and record["validation_rows"] == 2400
+    grid, cov = np.asarray(record["grid"]), np.asarray(record["coverage_e_68_by_t"])
+    assert np.all(np.diff(cov) > 0) and grid[cov < 0.68].max() < record["e_temperature"] < grid[cov > 0.68].min()

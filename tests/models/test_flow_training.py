@@ -55,6 +55,10 @@ def test_checkpoint_carries_the_flow_with_its_metadata(trained, untrained_checkp
                 "rmse_e_regressor"):
         assert np.isfinite(figures[key])
     assert 0 <= figures["coverage_e_68"] <= figures["coverage_e_95"] <= 1
+    # the e temperature is fitted on the held-out split after training and travels in the architecture
+    calibration = flow["calibration"]
+    assert flow["architecture"]["e_temperature"] == calibration["e_temperature"] > 0
+    assert calibration["validation_rows"] == 100 and len(calibration["grid"]) == len(calibration["coverage_e_68_by_t"])
     head = load_checkpoint(path).build("flow")
     out = head.summarize(np.zeros((3, 32), np.float32), np.ones((3, 6), bool), np.arange(3))
     assert tuple(out) == SUMMARY_COLUMNS
@@ -76,3 +80,31 @@ def test_cli_train_flow_and_its_errors(tiny_dataset, untrained_checkpoint, tmp_p
     assert rc != 0 and "checkpoint not found" in err and len(err.strip().splitlines()) == 1
     rc = main(["train", "flow", "--set", "flow.binz=3"])
     assert rc == 2 and "binz" in capsys.readouterr().err
+
+
+def test_cli_flow_calibration_keeps_the_networks_and_the_posterior_mean(trained, tiny_dataset, tmp_path, capsys):
+    work, _, _ = trained
+    source = work / "with_flow.pt"
+    common = ["--set", f"work_dir={work}", "--set", "progress=false", "--set", f"data.path={tiny_dataset}",
+              "--set", "data.val_fraction=0.25", "--set", "data.max_samples=400"]
+    out = tmp_path / "calibrated.pt"
+    rc = main(["train", "flow-calibration", *common, "--set", f"flow.checkpoint={source}",
+               "--set", f"flow.output={out}"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "flow calibration: e temperature" in printed and f"checkpoint: {out}" in printed
+    before, after = load_checkpoint(source), load_checkpoint(out)
+    for name, state in before.state.items():
+        for key, value in state.items():
+            torch.testing.assert_close(after.state[name][key], value, rtol=0, atol=0)
+    flow = after.metadata["flow"]
+    assert flow["architecture"]["e_temperature"] == flow["calibration"]["e_temperature"]
+    assert flow["metrics_untempered"] == before.metadata["flow"]["metrics"] and flow["training"]
+    latent = np.random.default_rng(0).normal(size=(50, 32)).astype(np.float32)
+    mask = np.ones((50, 6), bool)
+    a = before.build("flow").summarize(latent, mask, np.arange(50))
+    b = after.build("flow").summarize(latent, mask, np.arange(50))
+    np.testing.assert_array_equal(a["e1_pred"], b["e1_pred"])
+    np.testing.assert_array_equal(a["z_pred"], b["z_pred"])
+    rc = main(["train", "flow-calibration", *common, "--set", f"flow.checkpoint={tmp_path / 'missing.pt'}"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "checkpoint not found" in err and len(err.strip().splitlines()) == 1
