@@ -124,18 +124,15 @@ def main() -> None:
         return frame["e1_pred"].to_numpy(), frame["e2_pred"].to_numpy()
 
     if not args.throughput_only:
-        for i in range(shards):
-            seed = args.seed + i
-            if ms.shard_path(args.work, seed, n, args.shear).is_file():
-                continue
-            times = ms.run_shard(args.work, n, seed, args.shear, args.snr_min, shapes, args.chunk,
-                                 turn_all=i < args.turn_all_shards, raw=i < args.raw_shards)  # fmt: skip
-            done = sorted((args.work / "results").glob(f"shard-*-{n}-{args.shear:g}.npz"))
-            line = summary(ms.figures(ms.load_results(done)), predictor.model_id, args.shear)
+        seeds = list(range(args.seed, args.seed + shards))
+        for seed, times in ms.stream(args.work, n, seeds, args.shear, args.snr_min, shapes, args.chunk,
+                                     args.turn_all_shards, args.raw_shards):  # fmt: skip
+            line = summary(ms.figures(ms.load_results(ms.finished(args.work, n, args.shear))), predictor.model_id,
+                           args.shear)  # fmt: skip
             line.pop("detail")
             print(json.dumps(rounded({"shard_seed": seed, **times, **line, "load_avg_1min": os.getloadavg()[0]})),
                   flush=True)  # fmt: skip
-    done = sorted((args.work / "results").glob(f"shard-*-{n}-{args.shear:g}.npz"))
+    done = ms.finished(args.work, n, args.shear)
     line = summary(ms.figures(ms.load_results(done)), predictor.model_id, args.shear) if done else {}
     if not args.no_throughput:
         data = ms.simulate(args.work, max(8 * ((timing_n + 7) // 8), 8), args.seed, args.shear)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,22 @@ def run_shard(work: Path, n: int, seed: int, shear: float, snr_min: float, shape
     return {"sim_seconds": round(t1 - t0, 1), "measure_seconds": round(t2 - t1, 1), "n_stamps": len(idx)}
 
 
+def stream(work: Path, n: int, seeds: list[int], shear: float, snr_min: float, shapes: Shapes, chunk: int = 2048,
+           turn_all_shards: int = 0, raw_shards: int = 10**6) -> Iterator[tuple[int, dict[str, float]]]:  # fmt: skip
+    """Run the shards of ``seeds`` in order, skipping those already kept; yields ``(seed, timings)`` per new one.
+    The first ``turn_all_shards`` turn all five images, the first ``raw_shards`` measure the original stamps."""
+    for i, seed in enumerate(seeds):
+        if shard_path(work, seed, n, shear).is_file():
+            continue
+        yield seed, run_shard(work, n, seed, shear, snr_min, shapes, chunk, turn_all=i < turn_all_shards,
+                              raw=i < raw_shards)  # fmt: skip
+
+
+def finished(work: Path, n: int, shear: float) -> list[Path]:
+    """The kept results of every finished shard of this size and shear."""
+    return sorted((work / "results").glob(f"shard-*-{n}-{shear:g}.npz"))
+
+
 def load_results(paths: list[Path]) -> dict[str, np.ndarray]:
     """The kept results of several shards, concatenated along the stamps."""
     parts = [dict(np.load(p)) for p in paths]
@@ -167,7 +183,7 @@ def scene_scatter(res: dict[str, np.ndarray], e: np.ndarray, R: np.ndarray) -> d
     de = np.bincount(scene, sign * e[on, 0], k) / count / (2 * np.abs(g1[on]).max())
     r11 = np.bincount(scene, R[on, 0, 0], k) / (2 * count)
     return {"de_dg": float(np.std(de)), "R11": float(np.std(r11)), "de_dg_minus_R11": float(np.std(de - r11)),
-            "corr": float(np.corrcoef(de, r11)[0, 1])}  # fmt: skip
+            "corr": float(np.corrcoef(de, r11)[0, 1]) if np.std(r11) > 0 else float("nan")}  # fmt: skip
 
 
 def figures(res: dict[str, np.ndarray], compare_subset: bool = True) -> dict[str, object]:
