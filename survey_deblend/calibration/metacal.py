@@ -72,10 +72,8 @@ class _Grid:
 
     stamp: int
     n_fft: int
-    powers: tuple[tuple[int, int], ...]  # the monomials' (a, b) of x^a y^b
-    x_pow: torch.Tensor  # (A, S) x^a of the stamp's columns, a = 0..order
-    y_pow: torch.Tensor  # (A, S, 1) y^b of the stamp's rows
-    coeffs: torch.Tensor  # (M (M//2+1), 5, T) complex Taylor coefficients per frequency and applied shear
+    weights: torch.Tensor  # (T, M, M) monomials x^a y^b on the padded grid, zero outside the stamp
+    coeffs: torch.Tensor  # (5, T, M, M//2+1) complex Taylor coefficients per applied shear
     k2: torch.Tensor  # (5, 3, M, M//2+1): (Sk)_x^2, (Sk)_x (Sk)_y, (Sk)_y^2 in radians per pixel
     k_abs: torch.Tensor  # (M, M//2+1) |k|
     pixel: torch.Tensor  # (5, M, M//2+1): Pix(k) box(Sk) / Pix(Sk)
@@ -86,8 +84,10 @@ def _grid(stamp: int, n_fft: int, delta: float, order: int, device: str) -> _Gri
     m = n_fft
     coord = np.where(np.arange(m) < stamp, np.arange(m) - stamp // 2, 0).astype(np.float64)  # pixels from centre
     y, x = np.meshgrid(coord, coord, indexing="ij")
+    inside = np.zeros((m, m))
+    inside[:stamp, :stamp] = 1.0
     terms = _monomials(order)
-    powers = (np.arange(stamp) - stamp // 2)[None, :] ** np.arange(order + 1)[:, None]  # (A, S)
+    weights = np.stack([inside * x**a * y**b for a, b in terms])
     kx = 2 * np.pi * np.fft.rfftfreq(m)[None, :]
     ky = 2 * np.pi * np.fft.fftfreq(m)[:, None]
     kx, ky = np.broadcast_arrays(kx, ky)
@@ -111,10 +111,8 @@ def _grid(stamp: int, n_fft: int, delta: float, order: int, device: str) -> _Gri
     return _Grid(
         stamp=stamp,
         n_fft=m,
-        powers=tuple(terms),
-        x_pow=as_t(powers),
-        y_pow=as_t(powers[:, :, None]),
-        coeffs=as_t(np.stack(coeffs).reshape(len(shears), len(terms), -1).transpose(2, 0, 1).copy(), torch.complex64),
+        weights=as_t(weights),
+        coeffs=as_t(np.stack(coeffs), torch.complex64),
         k2=as_t(np.stack(k2)),
         k_abs=as_t(np.hypot(kx, ky)),
         pixel=as_t(np.stack(pixel)),
@@ -168,30 +166,22 @@ def _unique_psfs(psf: PSFModel) -> tuple[PSFModel, np.ndarray]:
 
 
 def _transforms(fields: torch.Tensor, grid: _Grid) -> torch.Tensor:
-    """``FT(x^a y^b F)`` of ``(L, S, S)`` fields on the zero-padded ``M x M`` grid: ``(L, T, M, M//2+1)``.
-
-    Separable, so the padding costs nothing: the x transform of ``x^a F`` (rows of the stamp only), then the y
-    transform of ``y^b`` times that (one column transform per monomial)."""
-    m = grid.n_fft
-    rows = torch.fft.rfft(fields.unsqueeze(1) * grid.x_pow[:, None, :], n=m, dim=-1)  # (L, A, S, K)
-    terms = torch.stack([rows[:, a] * grid.y_pow[b] for a, b in grid.powers], 1)  # (L, T, S, K)
-    return torch.fft.fft(terms, n=m, dim=-2)
+    """``FT(x^a y^b F)`` of ``(..., S, S)`` fields: ``(T, ..., M, M//2+1)`` complex64."""
+    s, m = fields.shape[-1], grid.n_fft
+    padded = fields.new_zeros((*fields.shape[:-2], m, m))
+    padded[..., :s, :s] = fields
+    return torch.fft.rfft2(padded.unsqueeze(0) * grid.weights.view(-1, *([1] * (fields.ndim - 2)), m, m))
 
 
-def _sheared_all(ft: torch.Tensor, grid: _Grid) -> torch.Tensor:
-    """The transforms at ``S_s k`` for the 5 shears (Taylor expansion, module docstring): ``(5, L, M, M//2+1)``
-    from ``(L, T, M, M//2+1)``, one batched product per frequency (no pass per term)."""
-    n, t, m, k = ft.shape
-    x = ft.permute(2, 3, 1, 0).reshape(m * k, t, n)  # (P, T, L)
-    y = torch.bmm(grid.coeffs, x)  # (P, 5, L)
-    return y.reshape(m, k, len(SHEAR_TYPES), n).permute(2, 3, 0, 1)
-
-
-def _inverse(spectra: torch.Tensor, grid: _Grid) -> torch.Tensor:
-    """The ``S x S`` stamps of ``(..., M, M//2+1)`` spectra: inverse y transform, the stamp's rows, inverse x."""
-    s, m = grid.stamp, grid.n_fft
-    cols = torch.fft.ifft(spectra, dim=-2)[..., :s, :]
-    return torch.fft.irfft(cols, n=m, dim=-1)[..., :s]
+def _sheared(ft: torch.Tensor, grid: _Grid, s: int) -> torch.Tensor:
+    """The transform at ``S_s k`` from the monomial transforms (Taylor expansion, module docstring)."""
+    if s == 0:
+        return ft[0]
+    coeffs = grid.coeffs[s]
+    out = ft[0] * coeffs[0]
+    for t in range(1, len(coeffs)):
+        out = out + ft[t] * coeffs[t]
+    return out
 
 
 def _to_tensor(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -255,10 +245,15 @@ def metacal_images(
                     sigma = torch.as_tensor(np.asarray(noise_sigma)[sl], dtype=torch.float32, device=device)
                     field = torch.randn(fields.shape, generator=gen, device=device) * sigma[..., None, None]
                 fields = torch.stack([fields, field])
-            ft = _sheared_all(_transforms(fields.reshape(-1, s, s), grid), grid)  # (5, [2] n B, M, K)
-            ft = ft.reshape(len(SHEAR_TYPES), 2 if fixnoise else 1, sl.stop - sl.start, b, *ft.shape[-2:])
-            spec = ft[:, 0] * kernels[:, idx]
-            if fixnoise:
-                spec += ft[list(NEGATED), 1] * nkernels[:, idx]
-            out[:, sl] = _inverse(spec, grid)
+            ft = _transforms(fields, grid)  # (T, [2,] n, B, M, M//2+1)
+            spectra = []
+            for k in range(len(SHEAR_TYPES)):
+                if fixnoise:
+                    spec = _sheared(ft[:, 0], grid, k) * kernels[k][idx]
+                    spec += _sheared(ft[:, 1], grid, NEGATED[k]) * nkernels[k][idx]
+                else:
+                    spec = _sheared(ft, grid, k) * kernels[k][idx]
+                spectra.append(spec)
+            img = torch.fft.irfft2(torch.stack(spectra), s=(grid.n_fft, grid.n_fft))
+            out[:, sl] = img[..., :s, :s]
     return out
