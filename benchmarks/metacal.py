@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=2048, help="stamps per processing chunk (multiple of 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is the most CPU-efficient on a "
                         "machine shared with other work; the throughput keys are measured with 2)")
+    parser.add_argument("--estimator", choices=("network", "moments"), default="network",
+                        help="moments: Gaussian-weighted i-band moments, a smooth reference for the images' own bias")
     parser.add_argument("--quick", action="store_true", help="one shard of 800 stamps, 256 timed galaxies")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,6 +133,8 @@ def main() -> None:
     predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
 
     def shapes(stack, mask):
+        if args.estimator == "moments":
+            return ms.weighted_moments(stack, mask)
         frame = predictor.predict(stack, BANDS, 0.2, band_mask=mask, measure_recon=False)
         return frame["e1_pred"].to_numpy(), frame["e2_pred"].to_numpy()
 
@@ -138,13 +142,14 @@ def main() -> None:
         seeds = list(range(args.seed, args.seed + shards))
         for seed, times in ms.stream(args.work, n, seeds, args.shear, args.snr_min, shapes, args.chunk,
                                      args.turn_all_shards, args.raw_shards):  # fmt: skip
-            line = summary(ms.figures(ms.load_results(ms.finished(args.work, n, args.shear))), predictor.model_id,
-                           args.shear)  # fmt: skip
+            line = summary(ms.figures(ms.load_results(ms.finished(args.work, n, args.shear))),
+                           predictor.model_id if args.estimator == "network" else "moments", args.shear)  # fmt: skip
             line.pop("detail")
             print(json.dumps(rounded({"shard_seed": seed, **times, **line, "load_avg_1min": os.getloadavg()[0]})),
                   flush=True)  # fmt: skip
     done = ms.finished(args.work, n, args.shear)
-    line = summary(ms.figures(ms.load_results(done)), predictor.model_id, args.shear) if done else {}
+    model = predictor.model_id if args.estimator == "network" else "moments"
+    line = summary(ms.figures(ms.load_results(done)), model, args.shear) if done else {}
     if not args.no_throughput:
         data = ms.simulate(args.work, max(8 * ((timing_n + 7) // 8), 8), args.seed, args.shear)
         ms_per = throughput(predictor, open_dataset(data).read("blend", np.arange(timing_n)))
@@ -156,7 +161,7 @@ def main() -> None:
             "timing_galaxies": timing_n,
             **ms_per,
         })  # fmt: skip
-    line.update({"model": predictor.model_id, "load_avg_1min": os.getloadavg()[0], "quick": bool(args.quick)})
+    line.update({"model": model, "load_avg_1min": os.getloadavg()[0], "quick": bool(args.quick)})
     print(json.dumps(rounded(line)))
 
 

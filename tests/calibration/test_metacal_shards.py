@@ -22,14 +22,7 @@ ms = importlib.import_module("metacal_shards")
 N, SHEAR, SEEDS = 32, 0.02, [3, 4]
 
 
-def _moments(stack: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A fast shape estimator: Gaussian-weighted quadrupole moments of the i band (responds to shear, has noise)."""
-    img = stack[:, 3].astype(np.float64)
-    y, x = np.mgrid[:45, :45] - 22.0
-    w = np.exp(-(x**2 + y**2) / (2 * 3.0**2))
-    q = [np.einsum("nij,ij->n", img, w * f) for f in (x * x, y * y, x * y)]
-    norm = q[0] + q[1]
-    return (q[0] - q[1]) / norm, 2 * q[2] / norm
+_moments = ms.weighted_moments  # a fast shape estimator (responds to shear, has noise)
 
 
 @pytest.fixture(scope="module")
