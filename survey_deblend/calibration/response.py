@@ -12,7 +12,7 @@ applied to the reconvolved images, whose PSF is the round target, so the turned 
 turned galaxy. ``"noshear"`` turns the noshear image only (one more image per galaxy): R from the sheared images
 does not see a constant c, and the rotated galaxy's R has the same ensemble mean for a population without a
 preferred direction (the 90-degree-symmetric sky). ``"all"`` turns all five (twice the network's work) so that R
-is, galaxy by galaxy, the response of the symmetrized estimator (also halves R's orientation scatter).
+is, galaxy by galaxy, the response of the symmetrized estimator (it also trims R's scatter a little).
 """
 
 from __future__ import annotations
