@@ -180,7 +180,7 @@ def _sheared(ft: torch.Tensor, grid: _Grid, s: int) -> torch.Tensor:
     coeffs = grid.coeffs[s]
     out = ft[0] * coeffs[0]
     for t in range(1, len(coeffs)):
-        out = out + ft[t] * coeffs[t]
+        out.addcmul_(ft[t], coeffs[t])  # in place: one pass per term, no temporaries
     return out
 
 
@@ -199,7 +199,7 @@ def metacal_images(
     noise: np.ndarray | torch.Tensor | None = None,
     order: int = 1,
     device: str | torch.device | None = None,
-    chunk: int = 64,
+    chunk: int = 32,
 ) -> torch.Tensor:
     """The five metacalibration images of ``images`` ``(N, B, S, S)`` (S odd): ``(5, N, B, S, S)`` float32 on
     ``device`` (default: the input tensor's, else CPU), in the order of ``SHEAR_TYPES``.

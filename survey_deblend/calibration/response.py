@@ -4,12 +4,22 @@
 those of the unsheared reconvolved image; the ensemble shear is ``<R>^-1 <e>`` (Huff & Mandelbaum 2017,
 Sheldon & Huff 2017). The estimator is any callable ``shapes(images, band_mask) -> (e1, e2)`` that takes a
 stack of stamps: the network runs once over the 5N metacal images of a batch.
+
+``symmetrize`` removes an additive bias of the estimator itself (a network's constant ``c`` on a round PSF,
+which metacalibration would only divide by <R>): ``e_sym(x) = [e(x) - e(rot90(x))] / 2``. A 90-degree turn maps
+``e -> -e`` (spin 2; either direction), so a constant ``c`` cancels exactly while the signal adds. The turn is
+applied to the reconvolved images, whose PSF is the round target, so the turned image is a valid image of the
+turned galaxy. ``"noshear"`` turns the noshear image only (one more image per galaxy): R from the sheared images
+does not see a constant c, and the rotated galaxy's R has the same ensemble mean for a population without a
+preferred direction (the 90-degree-symmetric sky). ``"all"`` turns all five (twice the network's work) so that R
+is, galaxy by galaxy, the response of the symmetrized estimator (it also trims R's scatter a little).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,19 +30,24 @@ from survey_deblend.calibration.psf import PSFModel
 from survey_deblend.errors import InputError
 
 ShapesFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Symmetrize = bool | Literal["none", "noshear", "all"]
+SYMMETRIZE_MODES = ("none", "noshear", "all")
 
 
 @dataclass(frozen=True)
 class MetacalResult:
     """Per galaxy: shapes on the unsheared reconvolved image, the response matrix, and all five shapes.
 
-    Rows whose PSF was unusable (``ok`` False) are NaN."""
+    Rows whose PSF was unusable (``ok`` False) are NaN. ``e1, e2, R`` are those of the (symmetrized) estimator;
+    ``sheared`` and ``rotated`` the estimator's raw output on the five images and on their 90-degree turns."""
 
     e1: np.ndarray  # (N,)
     e2: np.ndarray  # (N,)
     R: np.ndarray  # (N, 2, 2): R[:, i, j] = d e_i / d g_j
     sheared: np.ndarray  # (5, N, 2) shapes on each image of SHEAR_TYPES
     ok: np.ndarray  # (N,) bool
+    rotated: np.ndarray | None = None  # (5, N, 2) shapes on the turned images (NaN where not turned)
+    symmetrize: str = "none"
 
     @property
     def columns(self) -> dict[str, np.ndarray]:
@@ -46,6 +61,22 @@ def response_matrix(sheared: np.ndarray, delta: float = DEFAULT_DELTA) -> np.nda
     e = np.asarray(sheared, dtype=np.float64)
     plus, minus = e[[1, 3]], e[[2, 4]]  # (2 = j, N, 2 = i)
     return ((plus - minus) / (2.0 * delta)).transpose(1, 2, 0)
+
+
+def symmetrize_mode(symmetrize: Symmetrize) -> str:
+    """``"none"``, ``"noshear"`` or ``"all"`` from the option (True means ``"noshear"``, False ``"none"``)."""
+    mode = ("noshear" if symmetrize else "none") if isinstance(symmetrize, bool) else symmetrize
+    if mode not in SYMMETRIZE_MODES:
+        raise InputError(f"metacal symmetrize: expected one of {SYMMETRIZE_MODES} or a bool, got {symmetrize!r}")
+    return str(mode)
+
+
+def symmetrized(sheared: np.ndarray, rotated: np.ndarray, mode: str) -> np.ndarray:
+    """Shapes ``(5, N, 2)`` of the symmetrized estimator: ``[e(x) - e(rot90 x)] / 2`` on the images ``mode`` turns."""
+    out = np.array(sheared, dtype=np.float64)
+    turned = {"none": [], "noshear": [0], "all": list(range(len(SHEAR_TYPES)))}[mode]
+    out[turned] = 0.5 * (out[turned] - np.asarray(rotated, dtype=np.float64)[turned])
+    return out
 
 
 def metacal_response(
@@ -62,12 +93,16 @@ def metacal_response(
     order: int = 2,
     device: str | torch.device | None = None,
     batch: int = 1024,
+    symmetrize: Symmetrize = False,
 ) -> MetacalResult:
     """Metacalibrate stamps ``(N, B, S, S)`` (model or source frame, sky-subtracted) and run ``shapes`` on the
-    five images of each batch of ``batch`` galaxies in one call (5 x batch stamps, grouped by image type).
+    five images of each batch of ``batch`` galaxies in one call (5 x batch stamps, grouped by image type, then
+    the 90-degree turns of the images ``symmetrize`` names: module docstring).
 
     ``noise_sigma`` (N, B) defaults to the border MAD of each stamp (``calibration.noise``); absent bands
     (``band_mask`` False) get no noise and stay zero."""
+    mode = symmetrize_mode(symmetrize)
+    n_turn = {"none": 0, "noshear": 1, "all": len(SHEAR_TYPES)}[mode]
     images = np.asarray(images, dtype=np.float32)
     n, b = images.shape[:2]
     mask = np.ones((n, b), dtype=bool) if band_mask is None else np.asarray(band_mask, dtype=bool)
@@ -78,6 +113,7 @@ def metacal_response(
     noise_sigma = np.where(mask, np.asarray(noise_sigma, dtype=np.float64), 0.0)
     ok = np.all(psf.usable | ~mask, axis=1)
     sheared = np.full((len(SHEAR_TYPES), n, 2), np.nan)
+    rotated = np.full((len(SHEAR_TYPES), n, 2), np.nan)
     for start in range(0, n, batch):
         sl = slice(start, min(start + batch, n))
         mc = metacal_images(
@@ -85,12 +121,16 @@ def metacal_response(
             seed=seed + start, noise=None if noise is None else noise[sl], order=order, device=device,
         )  # fmt: skip
         k = sl.stop - sl.start
-        stack = mc.reshape(len(SHEAR_TYPES) * k, *mc.shape[2:]).cpu().numpy()
-        e1, e2 = shapes(stack, np.tile(mask[sl], (len(SHEAR_TYPES), 1)))
-        sheared[:, sl, 0] = np.asarray(e1, dtype=np.float64).reshape(len(SHEAR_TYPES), k)
-        sheared[:, sl, 1] = np.asarray(e2, dtype=np.float64).reshape(len(SHEAR_TYPES), k)
+        if n_turn:  # the turned images after the five, in the same call (one network pass)
+            mc = torch.cat([mc, torch.rot90(mc[:n_turn], 1, dims=(-2, -1))])
+        stack = mc.reshape(len(mc) * k, *mc.shape[2:]).cpu().numpy()
+        e1, e2 = shapes(stack, np.tile(mask[sl], (len(mc), 1)))
+        e = np.stack([np.asarray(e1, dtype=np.float64), np.asarray(e2, dtype=np.float64)], -1).reshape(len(mc), k, 2)
+        sheared[:, sl], rotated[:n_turn, sl] = e[: len(SHEAR_TYPES)], e[len(SHEAR_TYPES) :]
     sheared[:, ~ok] = np.nan
-    return MetacalResult(sheared[0, :, 0], sheared[0, :, 1], response_matrix(sheared, delta), sheared, ok)
+    rotated[:, ~ok] = np.nan
+    est = symmetrized(sheared, rotated, mode)
+    return MetacalResult(est[0, :, 0], est[0, :, 1], response_matrix(est, delta), sheared, ok, rotated, mode)
 
 
 def ensemble_shear(
