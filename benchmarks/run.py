@@ -103,6 +103,7 @@ def single_process(config, predictor) -> tuple[float, int, dict]:
             predictions = _Timed(predict_shapes, stages, "predict")(
                 batch, config.model.measure_recon, predictor=predictor, ids=rows["coadd_objects_id"].to_numpy(),
                 psf=rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64), metacal=config.model.metacal,
+                symmetrize=config.model.metacal_symmetrize,
             )
             _Timed(write_partition, stages, "write")(out, p.partition_id, rows, p.tile, predictions,
                                                      predictor.model_id, "single-process")

@@ -14,16 +14,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from survey_deblend.calibration.metacal import DEFAULT_DELTA, SHEAR_TYPES, metacal_images
 from survey_deblend.calibration.noise import border_noise_sigma, seeded_noise
 from survey_deblend.calibration.psf import im3shape_psf_model
-from survey_deblend.calibration.response import response_matrix
+from survey_deblend.calibration.response import response_matrix, symmetrized
 from survey_deblend.schema import PSF_COLUMNS, names_in
 
 CALIBRATION_COLUMNS = names_in("calibration")  # r11, r12, r21, r22, e1_mcal, e2_mcal
 FIXNOISE_SEED = 0  # the fixnoise field of a galaxy is drawn from the stream (FIXNOISE_SEED, its id)
-ORDER = 1  # Taylor order of the shear (metacal.py: the response is exact at order 1; order 2 costs 2x the FFTs)
+ORDER = 2  # Taylor order of the shear: order 1 moves <R> by 0.1-0.2 % (docs/performance.md), too much for m
 
 
 def batch_noise_sigma(batch: Any, rows: np.ndarray) -> np.ndarray:
@@ -40,13 +41,15 @@ def batch_noise_sigma(batch: Any, rows: np.ndarray) -> np.ndarray:
 
 def calibrate_batch(
     predictor: Any, batch: Any, psf: np.ndarray, ids: np.ndarray, delta: float = DEFAULT_DELTA,
-    chunk: int | None = None,
+    chunk: int | None = None, symmetrize: bool = True,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The ``CALIBRATION_COLUMNS`` of every row of ``batch`` (NaN where not calibrated) and ``psf_ok`` (N,).
 
     ``psf`` ``(N, 3)``: the rows' ``PSF_COLUMNS`` (FWHM in DES pixels); ``ids`` (N,) the galaxies' ids (they seed
     the fixnoise fields). A usable row with ``psf_ok`` False keeps its other predictions; the caller gives it
-    the ``no_psf`` status. ``chunk`` galaxies per pass (default: ``batch_size // 5``, one network batch)."""
+    the ``no_psf`` status. ``chunk`` galaxies per pass (default: one network batch). ``symmetrize``: ``e1_mcal,
+    e2_mcal`` are ``[e(noshear) - e(noshear turned by 90 degrees)] / 2`` (``calibration.response``: a constant
+    additive bias of the network cancels; R stays that of the four sheared images)."""
     n = len(batch)
     psf = np.asarray(psf, dtype=np.float64).reshape(n, len(PSF_COLUMNS))
     ids = np.asarray(ids)
@@ -56,7 +59,7 @@ def calibrate_batch(
     psf_ok = np.all(model.usable, axis=1)
     columns = {name: np.full(n, np.nan) for name in CALIBRATION_COLUMNS}
     todo = np.flatnonzero(np.asarray(batch.usable) & psf_ok)
-    k_types = len(SHEAR_TYPES)
+    k_types = len(SHEAR_TYPES) + int(symmetrize)  # the turned noshear image after the five
     chunk = max(1, int(chunk or predictor.batch_size // k_types))
     size = batch.stamp_size
     for start in range(0, len(todo), chunk):
@@ -67,10 +70,17 @@ def calibrate_batch(
             batch.images[rows], model.subset(rows), batch.pixel_scale_arcsec, noise=noise, delta=delta,
             order=ORDER, device=predictor.device,
         )  # fmt: skip
+        if symmetrize:
+            images = torch.cat([images, torch.rot90(images[:1], 1, dims=(-2, -1))])
         stack = images.reshape(k_types * len(rows), *images.shape[2:]).cpu().numpy()
         e = predictor.predict_e(stack, batch.frame, np.tile(mask, (k_types, 1)), ids=np.tile(ids[rows], k_types))
-        sheared = e.reshape(k_types, len(rows), 2)
+        e = e.reshape(k_types, len(rows), 2)
+        sheared = e[: len(SHEAR_TYPES)]
         R = response_matrix(sheared, delta)
+        if symmetrize:
+            turned = np.full_like(sheared, np.nan)
+            turned[0] = e[-1]
+            sheared = symmetrized(sheared, turned, "noshear")
         for i in (1, 2):
             columns[f"e{i}_mcal"][rows] = sheared[0, :, i - 1]
             for j in (1, 2):

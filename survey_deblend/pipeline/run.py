@@ -108,8 +108,8 @@ def _submit_partition(
     if not chain:
         return client.submit(
             process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
-            partition.tile, model.model_id, run_id, None, config.model.metacal, key=f"partition-{run_id}-{pid}",
-            retries=2, pure=False,
+            partition.tile, model.model_id, run_id, None, config.model.metacal,
+            symmetrize=config.model.metacal_symmetrize, key=f"partition-{run_id}-{pid}", retries=2, pure=False,
         )
     stamps = client.submit(
         fetch_stamps, source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice,
@@ -117,7 +117,8 @@ def _submit_partition(
     )
     predictions = client.submit(
         predict_shapes, stamps, config.model.measure_recon, None, rows["coadd_objects_id"].to_numpy(),
-        rows[list(PSF_COLUMNS)].to_numpy(dtype="float64"), config.model.metacal, key=f"predict-{run_id}-{pid}",
+        rows[list(PSF_COLUMNS)].to_numpy(dtype="float64"), config.model.metacal,
+        symmetrize=config.model.metacal_symmetrize, key=f"predict-{run_id}-{pid}",
         resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
     return client.submit(
@@ -135,15 +136,15 @@ def _submit_staged(
     if not chain:
         return client.submit(
             process_partition, source, rows, None, size_pix, config.model.measure_recon, out, pid, partition.tile,
-            model.model_id, run_id, None, config.model.metacal, key=f"partition-{run_id}-{pid}", retries=2,
-            pure=False,
+            model.model_id, run_id, None, config.model.metacal, symmetrize=config.model.metacal_symmetrize,
+            key=f"partition-{run_id}-{pid}", retries=2, pure=False,
         )
     rows = client.submit(partition_rows, rows, key=f"rows-{run_id}-{pid}", retries=2, pure=False)
     stamps = client.submit(fetch_partition, source, rows, size_pix, None, key=f"fetch-{run_id}-{pid}", retries=2,
                            pure=False)
     predictions = client.submit(
         predict_partition, stamps, config.model.measure_recon, rows, config.model.metacal,
-        key=f"predict-{run_id}-{pid}",
+        symmetrize=config.model.metacal_symmetrize, key=f"predict-{run_id}-{pid}",
         resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
     return client.submit(

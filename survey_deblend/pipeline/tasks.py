@@ -52,23 +52,27 @@ def fetch_partition(source: Any, rows: Any, size_pix: int, choice: Any = None) -
     return fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice)
 
 
-def predict_partition(batch: Any, measure_recon: bool, rows: Any, metacal: bool = False) -> pd.DataFrame:
+def predict_partition(
+    batch: Any, measure_recon: bool, rows: Any, metacal: bool = False, symmetrize: bool = True
+) -> pd.DataFrame:
     """``predict_shapes`` seeded by a partition's ids, with its rows' PSFs when ``metacal`` (rows: a DataFrame or
     ``StagedRows``)."""
     rows = partition_rows(rows)
     psf = rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64) if metacal else None
-    return predict_shapes(batch, measure_recon, ids=rows["coadd_objects_id"].to_numpy(), psf=psf, metacal=metacal)
+    return predict_shapes(batch, measure_recon, ids=rows["coadd_objects_id"].to_numpy(), psf=psf, metacal=metacal,
+                          symmetrize=symmetrize)
 
 
 def predict_shapes(
     batch: Any, measure_recon: bool = True, predictor: Any = None, ids: np.ndarray | None = None,
-    psf: np.ndarray | None = None, metacal: bool = False,
+    psf: np.ndarray | None = None, metacal: bool = False, symmetrize: bool = True,
 ) -> pd.DataFrame:
     """``Predictor.predict_batch`` of a ``CutoutBatch`` plus what the batch says of each row (``bands_used``,
     ``status``). ``predictor`` defaults to the one the worker plugin keeps on this worker (loaded once); ``ids``
     (the rows' ``coadd_objects_id``) seed each galaxy's posterior draw and fixnoise field, so a re-run reproduces
     them. With ``metacal``, ``psf`` (N, 3) holds the rows' ``psf_fwhm, psf_e1, psf_e2`` and the calibration
-    columns are filled (``calibration.batch``); a usable row without a usable PSF gets the ``no_psf`` status."""
+    columns are filled (``calibration.batch``; ``symmetrize``: the 90-degree symmetrized noshear shape); a usable
+    row without a usable PSF gets the ``no_psf`` status."""
     if predictor is None:
         from survey_deblend.pipeline.plugin import worker_predictor
 
@@ -80,7 +84,8 @@ def predict_shapes(
 
         if psf is None:
             raise ValueError("predict_shapes: metacal needs the rows' psf_fwhm, psf_e1, psf_e2")
-        calibrated, psf_ok = calibrate_batch(predictor, batch, psf, np.arange(len(batch)) if ids is None else ids)
+        calibrated, psf_ok = calibrate_batch(predictor, batch, psf, np.arange(len(batch)) if ids is None else ids,
+                                             symmetrize=symmetrize)
         predictions[list(calibrated.columns)] = calibrated.to_numpy()
         status = np.where(np.asarray(batch.usable) & ~psf_ok, NO_PSF, status)
     return predictions.assign(bands_used=batch.bands_used(), status=status)
@@ -145,6 +150,7 @@ def process_partition(
     run_id: str,
     predictor: Any = None,
     metacal: bool = False,
+    symmetrize: bool = True,
 ) -> dict[str, Any]:
     """Fetch, predict (and metacalibrate, with ``metacal``) and write one partition in one task (CPU workers):
     the stamps stay in this process.
@@ -159,7 +165,8 @@ def process_partition(
     t1 = time.perf_counter()
     ids = rows["coadd_objects_id"].to_numpy()
     psf = rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64) if metacal else None
-    predictions = predict_shapes(batch, measure_recon, predictor=predictor, ids=ids, psf=psf, metacal=metacal)
+    predictions = predict_shapes(batch, measure_recon, predictor=predictor, ids=ids, psf=psf, metacal=metacal,
+                                 symmetrize=symmetrize)
     t2 = time.perf_counter()
     info = write_partition(out_dir, partition_id, rows, tile, predictions, model_id, run_id)
     t3 = time.perf_counter()

@@ -73,13 +73,39 @@ def test_response_is_the_finite_difference_of_predict_e(predictor, stamps):
 
     batch = _batch(stamps[:3])
     batch.noise_sigma = np.full((3, len(DES_BANDS)), 1e-30)  # the source's own level (faults2's CutoutBatch field)
-    cal, _ = calibrate_batch(predictor, batch, _psf(3), IDS[:3])
+    cal, _ = calibrate_batch(predictor, batch, _psf(3), IDS[:3], symmetrize=False)
     psf = im3shape_psf_model(*_psf(3).T, bands=DES_BANDS)
     images = metacal_images(stamps[:3], psf, FRAME.pixel_scale_arcsec, noise=np.zeros_like(stamps[:3])).numpy()
     e = [predictor.predict_e(images[k], FRAME, np.ones((3, 5), bool)) for k in range(5)]
     np.testing.assert_allclose(cal["e1_mcal"], e[0][:, 0], atol=1e-4)
     np.testing.assert_allclose(cal["r11"], (e[1][:, 0] - e[2][:, 0]) / 0.02, atol=2e-2)
     np.testing.assert_allclose(cal["r22"], (e[3][:, 1] - e[4][:, 1]) / 0.02, atol=2e-2)
+    # symmetrized (the run's default): the noshear shape is [e(x) - e(x turned by 90 degrees)] / 2, R is the same
+    sym, _ = calibrate_batch(predictor, batch, _psf(3), IDS[:3])
+    turned = predictor.predict_e(np.rot90(images[0], 1, axes=(-2, -1)).copy(), FRAME, np.ones((3, 5), bool))
+    np.testing.assert_allclose(sym[["e1_mcal", "e2_mcal"]], 0.5 * (e[0] - turned), atol=1e-4)
+    np.testing.assert_allclose(sym[["r11", "r12", "r21", "r22"]], cal[["r11", "r12", "r21", "r22"]], atol=1e-5)
+
+
+class _Biased:
+    """The shipped Predictor with a constant additive bias on its e (what symmetrization must cancel)."""
+
+    def __init__(self, predictor: Predictor, c: tuple[float, float]) -> None:
+        self._predictor, self._c = predictor, np.asarray(c)
+        self.batch_size, self.device = predictor.batch_size, predictor.device
+
+    def predict_e(self, *args, **kwargs) -> np.ndarray:
+        return self._predictor.predict_e(*args, **kwargs) + self._c
+
+
+def test_symmetrized_shape_cancels_an_additive_bias_and_the_plain_one_does_not(predictor, stamps):
+    batch = _batch(stamps)
+    biased = _Biased(predictor, (0.03, -0.02))
+    for symmetrize, moved in ((True, 0.0), (False, 0.03)):
+        clean, _ = calibrate_batch(predictor, batch, _psf(N), IDS, symmetrize=symmetrize)
+        shifted, _ = calibrate_batch(biased, batch, _psf(N), IDS, symmetrize=symmetrize)
+        np.testing.assert_allclose(shifted["e1_mcal"] - clean["e1_mcal"], moved, atol=1e-6)
+        np.testing.assert_allclose(shifted[["r11", "r22"]], clean[["r11", "r22"]], atol=1e-6)
 
 
 def test_source_noise_level_wins_over_the_border_estimate(predictor, stamps):
