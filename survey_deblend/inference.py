@@ -253,8 +253,12 @@ class Predictor:
         """``(N, 2)``: exactly the ``e1_pred, e2_pred`` that ``_predict_frame`` writes for these stamps (the flow's
         posterior mean over its fixed Sobol points, else the regressor's), no reconstruction. Metacalibration
         (``calibration.batch``) runs it on the five sheared images, so R is the response of the published column."""
-        out = self._predict_frame(images, frame, band_mask, False, dynamic_range, ids=ids)
-        return out[["e1_pred", "e2_pred"]].to_numpy(dtype=np.float64)
+        if self.flow is None:
+            out = self._predict_frame(images, frame, band_mask, False, dynamic_range, ids=ids)
+            return out[["e1_pred", "e2_pred"]].to_numpy(dtype=np.float64)
+        normed, mask = self.prepare_frame(images, frame, band_mask, dynamic_range)
+        latent, _, _ = self.encode_normalized(normed, mask)
+        return self.flow.posterior_mean_e(latent, mask) if len(latent) else np.zeros((0, 2))
 
     def predict_batch(
         self, batch: CutoutBatch, measure_recon: bool = True, dynamic_range: str = "physical",
