@@ -27,6 +27,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,30 @@ class TaskCounter:
             self.first_done = time.perf_counter()
 
 
+class RssSampler(threading.Thread):
+    """This process's resident memory every half second, to say when the peak came (which phase of the run)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []  # (perf_counter, MB)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.done.wait(0.5):
+            with open("/proc/self/statm") as handle:
+                self.samples.append((time.perf_counter(), int(handle.read().split()[1]) * page / 2**20))
+
+    def peak_at(self, t0: float) -> float | None:
+        """Seconds from ``t0`` to the largest sample."""
+        return round(max(self.samples, key=lambda s: s[1])[0] - t0, 1) if self.samples else None
+
+    def at(self, when: float) -> float | None:
+        """The last sample before ``when`` (MB)."""
+        before = [mb for t, mb in self.samples if t <= when]
+        return round(before[-1]) if before else None
+
+
 def one_size(workdir: Path, n: int, stage_min_rows: int | None = None) -> dict:
     """One run over the catalogs of ``n`` rows in this process; the figures of the issue."""
     sys.path.insert(0, str(HERE))
@@ -93,12 +118,17 @@ def one_size(workdir: Path, n: int, stage_min_rows: int | None = None) -> dict:
         scheduler = client.cluster.scheduler
         counter = type("Counter", (TaskCounter, SchedulerPlugin), {})(scheduler)
         scheduler.add_plugin(counter)
+        sampler = RssSampler()
+        sampler.start()
         t0 = time.perf_counter()
         summary = run(config, client, stream=io.StringIO(), source=NoPixelSource(), plugin=NullPlugin())
         seconds = time.perf_counter() - t0
+        sampler.done.set()
     return {
         "n_rows": n, "n_selected": summary.n_selected, "n_partitions": summary.n_partitions,
         "client_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "client_rss_peak_at_s": sampler.peak_at(t0),
+        "client_rss_after_select_mb": sampler.at(t0 + summary.timings["select_s"] + summary.timings["plan_s"]),
         "scheduler_peak_tasks": counter.peak,
         "first_partition_s": round(counter.first_done - t0, 2) if counter.first_done else None,
         "plan_rows_per_s": round(summary.n_selected / max(summary.timings["plan_s"], 1e-9)),
