@@ -261,16 +261,13 @@ class FlowHead(nn.Module):
             lat = torch.as_tensor(np.asarray(latent[sl]), dtype=torch.float32, device=device)
             msk = torch.as_tensor(np.asarray(band_mask[sl]), dtype=torch.float32, device=device)
             ctx = self.context(lat, msk)
-            k = len(base)
-            # one pass through the flow: K untempered draws (the mean), the (tempered) own draw and, with a
-            # temperature, the K tempered draws (the spread); tempering is the base points scaled by T
-            parts_eps = [base[:, None, :].expand(-1, len(lat), 2), own[None, sl].to(device) * temp]
+            mine_eps = own[None, sl].to(device) if temp == 1.0 else own[None, sl].to(device) * temp
+            eps = torch.cat([base[:, None, :].expand(-1, len(lat), 2), mine_eps], 0)
+            e = self.sample_e(eps, ctx).double()  # (K + 1, N, 2): K untempered draws and the (tempered) own draw
+            draws, mine = e[:-1], e[-1]
+            mean = draws.mean(dim=0)  # the untempered mean: calibration leaves e1_pred, e2_pred untouched
             if temp != 1.0:
-                parts_eps.append(base[:, None, :].expand(-1, len(lat), 2) * temp)
-            e = self.sample_e(torch.cat(parts_eps, 0), ctx).double()
-            mine = e[k]
-            mean = e[:k].mean(dim=0)  # the untempered mean: calibration leaves e1_pred, e2_pred untouched
-            draws = e[k + 1 :] if temp != 1.0 else e[:k]
+                draws = self.sample_e(base[:, None, :], ctx, temperature=temp).double()
             var = draws.var(dim=0, unbiased=True).mean(dim=-1)
             zq = self.z_quantiles(ctx).double()
             columns = {"e1_pred": mean[:, 0], "e2_pred": mean[:, 1], "e_sigma_pred": var.sqrt(),
