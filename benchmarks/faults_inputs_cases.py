@@ -177,26 +177,26 @@ def catalog_cases(folder: Path, Case) -> list:  # noqa: N803 - the class is a pa
         path = folder / f"im3shape_{tag}.{fmt}"
         return (write_fits if fmt == "fits" else write_parquet)(path, columns, **kw)
 
+    def broken(columns: dict, column: str, kind: str, fmt: str) -> dict:
+        """``columns`` with ``column`` dropped (``kind`` "missing") or given another type."""
+        if kind == "missing":
+            del columns[column]
+        else:
+            columns[column] = mistyped(columns[column], kind, fmt)
+        return columns
+
     # one needed column missing or of another type, in each format
     for fmt in ("fits", "parquet"):
         kinds = ["missing", "string", "vector", "kind", "bool"] + (["nulls"] if fmt == "parquet" else [])
         for column in SHEAR_COLUMNS:
             for kind in kinds:
-                columns = frame_columns(im3)
-                if kind == "missing":
-                    del columns[column]
-                else:
-                    columns[column] = mistyped(columns[column], kind, fmt)
+                columns = broken(frame_columns(im3), column, kind, fmt)
                 path = shear_file(fmt, f"{column}_{kind}", columns)
                 ok = kind == "nulls" and im3[column].dtype.kind == "f"  # a null float is NaN, then cut
                 add(f"shear_column_{fmt}", f"{column} {kind}", path, good[fmt]["gold"], (path.name, column), ok)
         for column in POSITION_COLUMNS:
             for kind in kinds:
-                columns = frame_columns(gold)
-                if kind == "missing":
-                    del columns[column]
-                else:
-                    columns[column] = mistyped(columns[column], kind, fmt)
+                columns = broken(frame_columns(gold), column, kind, fmt)
                 path = (write_fits if fmt == "fits" else write_parquet)(folder / f"gold_{column}_{kind}.{fmt}", columns)
                 add(f"gold_column_{fmt}", f"{column} {kind}", good[fmt]["im3shape"], path, (path.name, column), False)
         for column in UNNEEDED:  # columns the selection does not read may be anything

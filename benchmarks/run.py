@@ -81,8 +81,8 @@ def single_process(config, predictor) -> tuple[float, int, dict]:
     from survey_deblend.cutouts import open_source
     from survey_deblend.pipeline.plan import ResumePlan
     from survey_deblend.pipeline.run import plan_run, verify_output
-    from survey_deblend.pipeline.tasks import fetch_stamps, predict_shapes, write_partition
-    from survey_deblend.schema import CATALOG_COLUMNS, PSF_COLUMNS
+    from survey_deblend.pipeline.tasks import fetch_partition, predict_partition, write_partition
+    from survey_deblend.schema import CATALOG_COLUMNS
 
     stages: dict[str, float] = {}
     out = Path(config.output.out)
@@ -98,12 +98,10 @@ def single_process(config, predictor) -> tuple[float, int, dict]:
     try:
         for p in partitions:
             rows = table.iloc[p.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
-            batch = _Timed(fetch_stamps, stages, "fetch")(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(),
-                                                          size, choice.take(p.rows))
-            predictions = _Timed(predict_shapes, stages, "predict")(
-                batch, config.model.measure_recon, predictor=predictor, ids=rows["coadd_objects_id"].to_numpy(),
-                psf=rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64), metacal=config.model.metacal,
-                symmetrize=config.model.metacal_symmetrize,
+            batch = _Timed(fetch_partition, stages, "fetch")(source, rows, size, choice.take(p.rows))
+            predictions = _Timed(predict_partition, stages, "predict")(
+                batch, config.model.measure_recon, rows, config.model.metacal, config.model.metacal_symmetrize,
+                predictor=predictor,
             )
             _Timed(write_partition, stages, "write")(out, p.partition_id, rows, p.tile, predictions,
                                                      predictor.model_id, "single-process")

@@ -106,7 +106,8 @@ OUTPUT_COLUMNS: tuple[Column, ...] = (
         for i in (1, 2) for j in (1, 2)
     ),
     *(
-        Column(f"e{i}_mcal", "float64", _D, f"e{i}_pred on the unsheared metacal image; ensemble: <R>^-1 <e_mcal>",
+        Column(f"e{i}_mcal", "float64", _D,
+               f"e{i}_pred on the unsheared metacal image, symmetrized by default; ensemble <R>^-1 <e_mcal>",
                "calibration")
         for i in (1, 2)
     ),
@@ -131,6 +132,7 @@ CATALOG_COLUMNS = names_in("catalog")  # what a selection carries into the outpu
 PREDICTION_COLUMNS = names_in("model", "calibration")  # what ``Predictor.predict_batch`` returns
 CUTOUT_COLUMNS = names_in("cutout")  # what a cutout batch says of each row (bands used, status)
 PSF_COLUMNS = ("psf_fwhm", "psf_e1", "psf_e2")  # the catalog columns metacalibration builds each row's PSF from
+RESPONSE_COLUMNS = tuple(f"r{i}{j}" for i in (1, 2) for j in (1, 2))  # R row by row, reshape(-1, 2, 2)
 
 # A catalog selection: the catalog output columns plus the quality flags it was cut on.
 SELECTION_DTYPES: dict[str, str] = {

@@ -18,13 +18,13 @@ import pandas as pd
 
 from survey_deblend.evaluation.metrics import fit_m_c
 from survey_deblend.evaluation.render import Section, Table, fmt, fmt_pm
+from survey_deblend.schema import RESPONSE_COLUMNS
 
-R_COLUMNS = ("r11", "r12", "r21", "r22")
 CONSTANT_SHEAR_SPREAD = 1e-6  # a true shear that varies by less than this is one constant shear
 
 
 def _matrix(df: pd.DataFrame) -> np.ndarray:
-    return df[list(R_COLUMNS)].to_numpy(dtype=np.float64).reshape(-1, 2, 2)
+    return df[list(RESPONSE_COLUMNS)].to_numpy(dtype=np.float64).reshape(-1, 2, 2)
 
 
 def _bias_vs_shear(e: np.ndarray, g: np.ndarray, bootstrap: int, seed: int) -> dict[str, float]:
@@ -51,9 +51,9 @@ def calibration_summary(df: pd.DataFrame, bootstrap: int = 200, seed: int = 0) -
     (a run with ``model.metacal: false``)."""
     from survey_deblend.calibration.response import ensemble_shear  # torch: only when there is something to do
 
-    if not set(R_COLUMNS) <= set(df.columns) or "e1_mcal" not in df.columns:
+    if not set(RESPONSE_COLUMNS) <= set(df.columns) or "e1_mcal" not in df.columns:
         return None
-    cols = [*R_COLUMNS, "e1_mcal", "e2_mcal", "e1_pred", "e2_pred"]
+    cols = [*RESPONSE_COLUMNS, "e1_mcal", "e2_mcal", "e1_pred", "e2_pred"]
     cal = df[np.isfinite(df[cols].to_numpy(dtype=np.float64)).all(axis=1)]
     if len(cal) < 2:
         return None

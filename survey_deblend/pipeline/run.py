@@ -8,7 +8,7 @@ task). Either way the partitions are the same: per locality key, in ID order, sp
 The source goes to every worker once (the result of one task every task needing it names, never pickled into each
 task). On CPU workers each partition is
 one fused task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with
-GPU workers ``fetch_stamps`` -> ``predict_shapes`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
+GPU workers ``fetch_partition`` -> ``predict_partition`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
 window of partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker
 thread, not one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the
 end the output is checked against the plan from the part files' footers (row counts) and the done-markers (status
@@ -39,14 +39,12 @@ from survey_deblend.pipeline.progress import ProgressLine, format_summary
 from survey_deblend.pipeline.staging import StagedPartition, stage_selection
 from survey_deblend.pipeline.tasks import (
     fetch_partition,
-    fetch_stamps,
     partition_rows,
     predict_partition,
-    predict_shapes,
     process_partition,
     write_partition,
 )
-from survey_deblend.schema import CATALOG_COLUMNS, PSF_COLUMNS
+from survey_deblend.schema import CATALOG_COLUMNS
 
 WINDOW_PER_THREAD = 2  # partitions in flight per worker thread
 WINDOW_MIN = 4
@@ -99,53 +97,29 @@ def _submit_partition(
     client: Client, partition: Partition | StagedPartition, table: pd.DataFrame | None, choice: Any, source: Any,
     size_pix: int, config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool,
 ) -> Any:
+    """One partition's task (fused) or chain of tasks. ``table`` None: the partition is staged, its tasks read
+    their rows (``StagedRows``) and the source chooses the tiles there; else its rows and tile choice travel."""
     pid = partition.partition_id
     out = str(Path(config.output.out).resolve())
-    if table is None:  # staged: the task reads its rows; the source chooses the tiles there
-        return _submit_staged(client, partition, source, size_pix, config, model, run_id, out, chain, gpu)
-    rows = table.iloc[partition.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
-    choice = None if choice is None else choice.take(partition.rows)
+    if table is None:
+        rows, choice = partition.rows, None
+    else:
+        rows = table.iloc[partition.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
+        choice = None if choice is None else choice.take(partition.rows)
+    mcal = {"symmetrize": config.model.metacal_symmetrize}
     if not chain:
         return client.submit(
             process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
-            partition.tile, model.model_id, run_id, None, config.model.metacal,
-            symmetrize=config.model.metacal_symmetrize, key=f"partition-{run_id}-{pid}", retries=2, pure=False,
-        )
-    stamps = client.submit(
-        fetch_stamps, source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice,
-        key=f"fetch-{run_id}-{pid}", retries=2, pure=False,
-    )
-    predictions = client.submit(
-        predict_shapes, stamps, config.model.measure_recon, None, rows["coadd_objects_id"].to_numpy(),
-        rows[list(PSF_COLUMNS)].to_numpy(dtype="float64"), config.model.metacal,
-        symmetrize=config.model.metacal_symmetrize, key=f"predict-{run_id}-{pid}",
-        resources={"GPU": 1} if gpu else None, retries=1, pure=False,
-    )
-    return client.submit(
-        write_partition, out, pid, rows, partition.tile, predictions, model.model_id, run_id,
-        key=f"write-{run_id}-{pid}", retries=2, pure=False,
-    )
-
-
-def _submit_staged(
-    client: Client, partition: StagedPartition, source: Any, size_pix: int, config: RunConfig, model: ModelInfo,
-    run_id: str, out: str, chain: bool, gpu: bool,
-) -> Any:
-    """A partition of a staged selection: its tasks name the staged slices (``StagedRows``) and read them."""
-    pid, rows = partition.partition_id, partition.rows
-    if not chain:
-        return client.submit(
-            process_partition, source, rows, None, size_pix, config.model.measure_recon, out, pid, partition.tile,
-            model.model_id, run_id, None, config.model.metacal, symmetrize=config.model.metacal_symmetrize,
+            partition.tile, model.model_id, run_id, None, config.model.metacal, **mcal,
             key=f"partition-{run_id}-{pid}", retries=2, pure=False,
         )
-    rows = client.submit(partition_rows, rows, key=f"rows-{run_id}-{pid}", retries=2, pure=False)
-    stamps = client.submit(fetch_partition, source, rows, size_pix, None, key=f"fetch-{run_id}-{pid}", retries=2,
+    if table is None:  # read the staged rows once, in a task the three stages name
+        rows = client.submit(partition_rows, rows, key=f"rows-{run_id}-{pid}", retries=2, pure=False)
+    stamps = client.submit(fetch_partition, source, rows, size_pix, choice, key=f"fetch-{run_id}-{pid}", retries=2,
                            pure=False)
     predictions = client.submit(
-        predict_partition, stamps, config.model.measure_recon, rows, config.model.metacal,
-        symmetrize=config.model.metacal_symmetrize, key=f"predict-{run_id}-{pid}",
-        resources={"GPU": 1} if gpu else None, retries=1, pure=False,
+        predict_partition, stamps, config.model.measure_recon, rows, config.model.metacal, **mcal,
+        key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,
     )
     return client.submit(
         write_partition, out, pid, rows, partition.tile, predictions, model.model_id, run_id,

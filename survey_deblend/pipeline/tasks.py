@@ -53,14 +53,15 @@ def fetch_partition(source: Any, rows: Any, size_pix: int, choice: Any = None) -
 
 
 def predict_partition(
-    batch: Any, measure_recon: bool, rows: Any, metacal: bool = False, symmetrize: bool = True
+    batch: Any, measure_recon: bool, rows: Any, metacal: bool = False, symmetrize: bool = True,
+    predictor: Any = None,
 ) -> pd.DataFrame:
     """``predict_shapes`` seeded by a partition's ids, with its rows' PSFs when ``metacal`` (rows: a DataFrame or
     ``StagedRows``)."""
     rows = partition_rows(rows)
     psf = rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64) if metacal else None
-    return predict_shapes(batch, measure_recon, ids=rows["coadd_objects_id"].to_numpy(), psf=psf, metacal=metacal,
-                          symmetrize=symmetrize)
+    return predict_shapes(batch, measure_recon, predictor=predictor, ids=rows["coadd_objects_id"].to_numpy(),
+                          psf=psf, metacal=metacal, symmetrize=symmetrize)
 
 
 def predict_shapes(
@@ -161,12 +162,9 @@ def process_partition(
     """
     t0 = time.perf_counter()
     rows = partition_rows(rows)
-    batch = fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice)
+    batch = fetch_partition(source, rows, size_pix, choice)
     t1 = time.perf_counter()
-    ids = rows["coadd_objects_id"].to_numpy()
-    psf = rows[list(PSF_COLUMNS)].to_numpy(dtype=np.float64) if metacal else None
-    predictions = predict_shapes(batch, measure_recon, predictor=predictor, ids=ids, psf=psf, metacal=metacal,
-                                 symmetrize=symmetrize)
+    predictions = predict_partition(batch, measure_recon, rows, metacal, symmetrize, predictor=predictor)
     t2 = time.perf_counter()
     info = write_partition(out_dir, partition_id, rows, tile, predictions, model_id, run_id)
     t3 = time.perf_counter()
