@@ -20,7 +20,7 @@ from survey_deblend.calibration.metacal import DEFAULT_DELTA, SHEAR_TYPES, metac
 from survey_deblend.calibration.noise import border_noise_sigma, seeded_noise
 from survey_deblend.calibration.psf import im3shape_psf_model
 from survey_deblend.calibration.response import response_matrix, symmetrized
-from survey_deblend.schema import PSF_COLUMNS, names_in
+from survey_deblend.schema import PSF_COLUMNS, RESPONSE_COLUMNS, names_in
 
 CALIBRATION_COLUMNS = names_in("calibration")  # r11, r12, r21, r22, e1_mcal, e2_mcal
 FIXNOISE_SEED = 0  # the fixnoise field of a galaxy is drawn from the stream (FIXNOISE_SEED, its id)
@@ -81,8 +81,7 @@ def calibrate_batch(
             turned = np.full_like(sheared, np.nan)
             turned[0] = e[-1]
             sheared = symmetrized(sheared, turned, "noshear")
-        for i in (1, 2):
-            columns[f"e{i}_mcal"][rows] = sheared[0, :, i - 1]
-            for j in (1, 2):
-                columns[f"r{i}{j}"][rows] = R[:, i - 1, j - 1]
+        columns["e1_mcal"][rows], columns["e2_mcal"][rows] = sheared[0].T
+        for name, values in zip(RESPONSE_COLUMNS, R.reshape(len(rows), 4).T, strict=True):
+            columns[name][rows] = values
     return pd.DataFrame(columns), psf_ok
