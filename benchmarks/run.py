@@ -98,7 +98,8 @@ def single_process(config, predictor) -> tuple[float, int, dict]:
     try:
         for p in partitions:
             rows = table.iloc[p.rows][list(CATALOG_COLUMNS)].reset_index(drop=True)
-            batch = _Timed(fetch_partition, stages, "fetch")(source, rows, size, choice.take(p.rows))
+            batch = _Timed(fetch_partition, stages, "fetch")(source, rows, size, choice.take(p.rows),
+                                                             config.model.fetch_margin_arcsec)
             predictions = _Timed(predict_partition, stages, "predict")(
                 batch, config.model.measure_recon, rows, config.model.metacal, config.model.metacal_symmetrize,
                 predictor=predictor,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # ---- row statuses: why a row has predictions, or why not ------------------------------------------------------
 
 OK = "ok"
-PADDED = "padded"  # partly off the survey, padded with zeros; still usable
+PADDED = "padded"  # the cut (metacal's margin included) partly off the survey, padded with zeros; still usable
 NO_COVERAGE = "no_coverage"  # no tile of any band covers the position
 ERROR_HTTP = "error_http"  # HTTP error status (5xx after retries, or a 4xx)
 ERROR_TIMEOUT = "error_timeout"  # no (complete) answer within the timeout, after retries

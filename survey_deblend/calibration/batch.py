@@ -3,7 +3,9 @@
 For the usable rows of a batch whose PSF is usable: the per-galaxy PSF from the catalog's im3shape
 ``MEAN_PSF_FWHM/E1/E2`` (``im3shape_psf_model``), the noise level from the source's weight map when the batch
 carries one (``batch.noise_sigma``), else from the stamp's border; the five images in the SOURCE frame (its
-pixel scale, its PSF), then all five through the Predictor's normal prepare -> network path (``predict_e``, the
+pixel scale, its PSF) of the whole cut, margin included (``batch.margin_pix``), cropped to the model's stamp
+only after the shear (a stamp sheared on its own pulls zeros in at its edges, which the network reads as shape:
+docs/performance.md), then all five through the Predictor's normal prepare -> network path (``predict_e``, the
 same ``e1_pred, e2_pred`` the run publishes), ``predictor.batch_size`` stamps per pass. The fixnoise field of a
 galaxy is drawn from its id, so a re-run, or the same galaxy in another partition, gets the same columns.
 """
@@ -61,7 +63,7 @@ def calibrate_batch(
     todo = np.flatnonzero(np.asarray(batch.usable) & psf_ok)
     k_types = len(SHEAR_TYPES) + int(symmetrize)  # the turned noshear image after the five
     chunk = max(1, int(chunk or predictor.batch_size // k_types))
-    size = batch.stamp_size
+    size, margin = batch.stamp_size, int(getattr(batch, "margin_pix", 0))
     for start in range(0, len(todo), chunk):
         rows = todo[start : start + chunk]
         mask = batch.band_mask[rows]
@@ -70,6 +72,8 @@ def calibrate_batch(
             batch.images[rows], model.subset(rows), batch.pixel_scale_arcsec, noise=noise, delta=delta,
             order=ORDER, device=predictor.device,
         )  # fmt: skip
+        if margin:
+            images = images[..., margin:-margin, margin:-margin]
         if symmetrize:
             images = torch.cat([images, torch.rot90(images[:1], 1, dims=(-2, -1))])
         stack = images.reshape(k_types * len(rows), *images.shape[2:]).cpu().numpy()

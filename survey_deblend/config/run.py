@@ -34,14 +34,25 @@ class ModelConfig:
     # Symmetrize the calibrated shape under a 90-degree turn, e_mcal = [e(noshear) - e(turned noshear)] / 2: removes
     # the network's own additive bias (c 0.006 -> 0.0001 on the paired LSST set) for one more image per galaxy.
     metacal_symmetrize: bool = True
+    # Metacalibration shears a cut this much wider on every side than the model's stamp and crops the five images
+    # to the model's stamp afterwards: a stamp sheared on its own pulls zeros in at its edges, which the network
+    # reads as shape (m1 -0.02 without the margin on the paired LSST set; docs/performance.md).
+    metacal_margin_arcsec: float = 1.6
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.stamp_size_pix is not None and self.stamp_size_pix < 3:
             raise ValueError(f"stamp_size_pix must be at least 3 pixels (or null), got {self.stamp_size_pix}")
+        if not 0.0 <= self.metacal_margin_arcsec <= 30.0:
+            raise ValueError(f"metacal_margin_arcsec must be between 0 and 30 arcsec, got {self.metacal_margin_arcsec}")
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
             raise ValueError(f"device must be cpu, cuda, cuda:N, mps or null, got {self.device!r}")
+
+    @property
+    def fetch_margin_arcsec(self) -> float:
+        """Extra cut on every side of a stamp: ``metacal_margin_arcsec`` with metacal on, else none."""
+        return float(self.metacal_margin_arcsec) if self.metacal else 0.0
 
 
 @dataclass(frozen=True)

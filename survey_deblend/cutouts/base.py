@@ -26,7 +26,9 @@ class CutoutBatch:
     (N,) str: the bands whose fetch failed and why (``"r:error_http Y:error_nan"``; empty when none did), and
     ``noise_sigma`` (N, B) float: the pixel noise of each stamp and band in the batch's flux units, from the
     source's weight map (``calibration.noise.weight_noise_sigma``), NaN where unknown (no weight, a failed or
-    absent band); None when the source gives no weights (metacalibration then estimates it from the border)."""
+    absent band); None when the source gives no weights (metacalibration then estimates it from the border).
+    ``margin_pix``: the stamps were cut this many pixels wider on every side than the model's stamp, for
+    metacalibration (``core`` is the model's stamp; the statuses and the band mask are those of the whole cut)."""
 
     images: np.ndarray
     band_mask: np.ndarray
@@ -34,6 +36,7 @@ class CutoutBatch:
     frame: PhotometricFrame
     failed_bands: np.ndarray | None = None
     noise_sigma: np.ndarray | None = None
+    margin_pix: int = 0
 
     def __post_init__(self) -> None:
         # wide enough for every status, so that assigning a longer one later never truncates it
@@ -55,6 +58,17 @@ class CutoutBatch:
             if self.noise_sigma.shape != (n, len(self.bands)):
                 raise ValueError(f"noise_sigma shape {self.noise_sigma.shape} does not match {n} rows x "
                                  f"{len(self.bands)} bands")
+        if not 0 <= 2 * self.margin_pix < self.images.shape[-1]:
+            raise ValueError(f"margin_pix {self.margin_pix} does not fit stamps of {self.images.shape[-1]} pixels")
+
+    def core(self) -> CutoutBatch:
+        """The model's stamps: the central ``stamp_size - 2 margin_pix`` pixels, every other array shared
+        with this batch. Itself when there is no margin."""
+        m = self.margin_pix
+        if m == 0:
+            return self
+        images = np.ascontiguousarray(self.images[..., m:-m, m:-m])
+        return CutoutBatch(images, self.band_mask, self.status, self.frame, self.failed_bands, self.noise_sigma)
 
     def __len__(self) -> int:
         return len(self.status)

@@ -111,12 +111,12 @@ def _submit_partition(
         return client.submit(
             process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
             partition.tile, model.model_id, run_id, None, config.model.metacal, **mcal,
-            key=f"partition-{run_id}-{pid}", retries=2, pure=False,
+            margin_arcsec=config.model.fetch_margin_arcsec, key=f"partition-{run_id}-{pid}", retries=2, pure=False,
         )
     if table is None:  # read the staged rows once, in a task the three stages name
         rows = client.submit(partition_rows, rows, key=f"rows-{run_id}-{pid}", retries=2, pure=False)
-    stamps = client.submit(fetch_partition, source, rows, size_pix, choice, key=f"fetch-{run_id}-{pid}", retries=2,
-                           pure=False)
+    stamps = client.submit(fetch_partition, source, rows, size_pix, choice, config.model.fetch_margin_arcsec,
+                           key=f"fetch-{run_id}-{pid}", retries=2, pure=False)
     predictions = client.submit(
         predict_partition, stamps, config.model.measure_recon, rows, config.model.metacal, **mcal,
         key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,

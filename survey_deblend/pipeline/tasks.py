@@ -8,6 +8,7 @@ The output columns, their types, units and descriptions are owned by ``survey_de
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -46,10 +47,20 @@ def partition_rows(rows: Any) -> pd.DataFrame:
     return rows.read() if hasattr(rows, "read") else rows
 
 
-def fetch_partition(source: Any, rows: Any, size_pix: int, choice: Any = None) -> Any:
-    """``fetch_stamps`` of a partition's rows (a DataFrame or ``StagedRows``): the chain's fetch, staged rows."""
+def fetch_partition(source: Any, rows: Any, size_pix: int, choice: Any = None, margin_arcsec: float = 0.0) -> Any:
+    """``fetch_stamps`` of a partition's rows (a DataFrame or ``StagedRows``): the chain's fetch, staged rows.
+    ``margin_arcsec``: cut that much wider on every side, in whole source pixels (``model.fetch_margin_arcsec``:
+    metacalibration shears the wider cut; the model reads ``CutoutBatch.core``)."""
     rows = partition_rows(rows)
-    return fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix, choice)
+    margin = margin_pixels(margin_arcsec, float(source.pixel_scale_arcsec))
+    batch = fetch_stamps(source, rows["ra"].to_numpy(), rows["dec"].to_numpy(), size_pix + 2 * margin, choice)
+    batch.margin_pix = margin
+    return batch
+
+
+def margin_pixels(margin_arcsec: float, pixel_scale_arcsec: float) -> int:
+    """Whole pixels of ``pixel_scale_arcsec`` that cover ``margin_arcsec`` (0 for no margin)."""
+    return int(math.ceil(margin_arcsec / pixel_scale_arcsec - 1e-9)) if margin_arcsec > 0 else 0
 
 
 def predict_partition(
@@ -68,17 +79,17 @@ def predict_shapes(
     batch: Any, measure_recon: bool = True, predictor: Any = None, ids: np.ndarray | None = None,
     psf: np.ndarray | None = None, metacal: bool = False, symmetrize: bool = True,
 ) -> pd.DataFrame:
-    """``Predictor.predict_batch`` of a ``CutoutBatch`` plus what the batch says of each row (``bands_used``,
-    ``status``). ``predictor`` defaults to the one the worker plugin keeps on this worker (loaded once); ``ids``
-    (the rows' ``coadd_objects_id``) seed each galaxy's posterior draw and fixnoise field, so a re-run reproduces
-    them. With ``metacal``, ``psf`` (N, 3) holds the rows' ``psf_fwhm, psf_e1, psf_e2`` and the calibration
-    columns are filled (``calibration.batch``; ``symmetrize``: the 90-degree symmetrized noshear shape); a usable
-    row without a usable PSF gets the ``no_psf`` status."""
+    """``Predictor.predict_batch`` of a ``CutoutBatch``'s model stamps (``core``) plus what the batch says of each
+    row (``bands_used``, ``status``). ``predictor`` defaults to the one the worker plugin keeps on this worker
+    (loaded once); ``ids`` (the rows' ``coadd_objects_id``) seed each galaxy's posterior draw and fixnoise field,
+    so a re-run reproduces them. With ``metacal``, ``psf`` (N, 3) holds the rows' ``psf_fwhm, psf_e1, psf_e2`` and
+    the calibration columns are filled (``calibration.batch``; ``symmetrize``: the 90-degree symmetrized noshear
+    shape); a usable row without a usable PSF gets the ``no_psf`` status."""
     if predictor is None:
         from survey_deblend.pipeline.plugin import worker_predictor
 
         predictor = worker_predictor()
-    predictions = predictor.predict_batch(batch, measure_recon=measure_recon, ids=ids)
+    predictions = predictor.predict_batch(batch.core(), measure_recon=measure_recon, ids=ids)
     status = np.asarray(batch.status).astype(str)
     if metacal:
         from survey_deblend.calibration.batch import calibrate_batch
@@ -152,17 +163,18 @@ def process_partition(
     predictor: Any = None,
     metacal: bool = False,
     symmetrize: bool = True,
+    margin_arcsec: float = 0.0,
 ) -> dict[str, Any]:
     """Fetch, predict (and metacalibrate, with ``metacal``) and write one partition in one task (CPU workers):
     the stamps stay in this process.
 
     ``rows``: a DataFrame, or ``StagedRows`` read here. ``choice``: the planner's tile choice for these rows, or
-    None (the source chooses in ``fetch``, as for staged rows). Returns ``write_partition``'s info plus the
-    seconds of each stage (``fetch_s``, ``predict_s``, ``write_s``).
+    None (the source chooses in ``fetch``, as for staged rows). ``margin_arcsec``: ``fetch_partition``'s. Returns
+    ``write_partition``'s info plus the seconds of each stage (``fetch_s``, ``predict_s``, ``write_s``).
     """
     t0 = time.perf_counter()
     rows = partition_rows(rows)
-    batch = fetch_partition(source, rows, size_pix, choice)
+    batch = fetch_partition(source, rows, size_pix, choice, margin_arcsec)
     t1 = time.perf_counter()
     predictions = predict_partition(batch, measure_recon, rows, metacal, symmetrize, predictor=predictor)
     t2 = time.perf_counter()
