@@ -35,10 +35,12 @@ import torch
 BANDS = ("u", "g", "r", "i", "z", "y")
 
 
-def throughput(predictor, images: np.ndarray, repeats: int = 3) -> dict[str, dict[str, float]]:
+def throughput(predictor, images: np.ndarray, repeats: int = 3, margin: int = 0) -> dict[str, dict[str, float]]:
     """Per step, best of ``repeats``: wall and process-CPU milliseconds per galaxy (noise levels, the five images
     with the simulation's PSF and with a per-galaxy elliptical PSF, the network on the 5N images, and the product
-    path end to end, plain and symmetrized), at the current torch thread count."""
+    path end to end, plain and symmetrized), at the current torch thread count. ``images`` are cut ``margin``
+    pixels wider than the model's stamp (the run's metacal margin): the images are made wide, the network reads
+    the model's stamp."""
     from survey_deblend.calibration import PSFModel, border_noise_sigma, metacal_images, metacal_response
     from survey_deblend.calibration.psf import sim_psf_model
 
@@ -53,16 +55,17 @@ def throughput(predictor, images: np.ndarray, repeats: int = 3) -> dict[str, dic
         return frame["e1_pred"].to_numpy(), frame["e2_pred"].to_numpy()
 
     sigma = border_noise_sigma(images)
-    five = np.concatenate([images] * 5)
+    core = images[..., margin : images.shape[-1] - margin, margin : images.shape[-1] - margin]
+    five = np.ascontiguousarray(np.concatenate([core] * 5))
     steps = {
         "noise_sigma": lambda: border_noise_sigma(images),
         "images_sim_psf": lambda: metacal_images(images, psf, 0.2, sigma, order=2),
         "images_per_galaxy_psf": lambda: metacal_images(images, per_galaxy, 0.2, sigma, order=2),
         "network_5_images": lambda: shapes(five, np.ones((len(five), len(BANDS)), bool)),
-        "end_to_end": lambda: metacal_response(images, psf, 0.2, shapes),
-        "end_to_end_sym": lambda: metacal_response(images, psf, 0.2, shapes, symmetrize=True),
+        "end_to_end": lambda: metacal_response(images, psf, 0.2, shapes, margin=margin),
+        "end_to_end_sym": lambda: metacal_response(images, psf, 0.2, shapes, symmetrize=True, margin=margin),
     }
-    metacal_response(images[:64], psf.subset(slice(0, 64)), 0.2, shapes)  # warm-up (tables, grids, threads)
+    metacal_response(images[:64], psf.subset(slice(0, 64)), 0.2, shapes, margin=margin)  # warm-up: tables, grids
     best: dict[str, dict[str, float]] = {"wall_ms": {}, "cpu_ms": {}}
     for _ in range(repeats):  # interleaved, so that a burst of load on the shared machine hits every step alike
         for name, step in steps.items():
@@ -85,6 +88,14 @@ def summary(fig: dict, model_id: str, shear: float) -> dict[str, object]:
             "rmse_e_original": raw["rmse_e"], "rmse_e_noshear": cal["rmse_e"], "rmse_e_noshear_sym": sym["rmse_e"],
             "rmse_ratio": cal["rmse_e"] / raw["rmse_e"]}  # fmt: skip
     return {**line, "detail": fig}
+
+
+def run_margin_pixels() -> int:
+    """The run's metacal margin (``model.metacal_margin_arcsec``) in LSST pixels (0.2 arcsec)."""
+    from survey_deblend.config.run import ModelConfig
+    from survey_deblend.pipeline.tasks import margin_pixels
+
+    return margin_pixels(ModelConfig().metacal_margin_arcsec, 0.2)
 
 
 def rounded(value):
@@ -120,6 +131,8 @@ def main() -> None:
     parser.add_argument("--estimator", choices=("network", "moments"), default="network",
                         help="moments: Gaussian-weighted i-band moments, a smooth reference for the images' own bias")
     parser.add_argument("--quick", action="store_true", help="one shard of 800 stamps, 256 timed galaxies")
+    parser.add_argument("--margin", type=int, default=None, help="pixels simulated around the model's stamp and "
+                        "sheared with it (default: the run's model.metacal_margin_arcsec at 0.2 arcsec; 0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,6 +142,7 @@ def main() -> None:
     from survey_deblend.sim.dataset import open_dataset
 
     n, shards = (800, 1) if args.quick else (args.n, args.shards)
+    margin = run_margin_pixels() if args.margin is None else args.margin
     timing_n = 256 if args.quick else args.timing_n
     predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
 
@@ -141,18 +155,18 @@ def main() -> None:
     if not args.throughput_only:
         seeds = list(range(args.seed, args.seed + shards))
         for seed, times in ms.stream(args.work, n, seeds, args.shear, args.snr_min, shapes, args.chunk,
-                                     args.turn_all_shards, args.raw_shards):  # fmt: skip
-            line = summary(ms.figures(ms.load_results(ms.finished(args.work, n, args.shear))),
+                                     args.turn_all_shards, args.raw_shards, margin):  # fmt: skip
+            line = summary(ms.figures(ms.load_results(ms.finished(args.work, n, args.shear, margin))),
                            predictor.model_id if args.estimator == "network" else "moments", args.shear)  # fmt: skip
             line.pop("detail")
             print(json.dumps(rounded({"shard_seed": seed, **times, **line, "load_avg_1min": os.getloadavg()[0]})),
                   flush=True)  # fmt: skip
-    done = ms.finished(args.work, n, args.shear)
+    done = ms.finished(args.work, n, args.shear, margin)
     model = predictor.model_id if args.estimator == "network" else "moments"
     line = summary(ms.figures(ms.load_results(done)), model, args.shear) if done else {}
     if not args.no_throughput:
-        data = ms.simulate(args.work, max(8 * ((timing_n + 7) // 8), 8), args.seed, args.shear)
-        ms_per = throughput(predictor, open_dataset(data).read("blend", np.arange(timing_n)))
+        data = ms.simulate(args.work, max(8 * ((timing_n + 7) // 8), 8), args.seed, args.shear, margin=margin)
+        ms_per = throughput(predictor, open_dataset(data).read("blend", np.arange(timing_n)), margin=margin)
         line.update({
             "mcal_galaxies_per_s": 1e3 / ms_per["wall_ms"]["end_to_end"],
             "mcal_galaxies_per_s_sym": 1e3 / ms_per["wall_ms"]["end_to_end_sym"],
@@ -161,7 +175,7 @@ def main() -> None:
             "timing_galaxies": timing_n,
             **ms_per,
         })  # fmt: skip
-    line.update({"model": model, "load_avg_1min": os.getloadavg()[0], "quick": bool(args.quick)})
+    line.update({"model": model, "margin_pix": margin, "load_avg_1min": os.getloadavg()[0], "quick": bool(args.quick)})
     print(json.dumps(rounded(line)))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 BANDS = ("u", "g", "r", "i", "z", "y")
+STAMP = 45  # the model's stamp; a shard with a margin is simulated STAMP + 2 margin wide (the same scenes)
 PAIR_STRIDE = 10**7  # base scenes per seed are far fewer: global pair id = seed * PAIR_STRIDE + pair_id
 VARIANTS = {"raw": "network on the original stamps", "cal": "metacal", "sym_noshear": "noshear image symmetrized",
             "sym_all": "all five symmetrized"}  # fmt: skip
@@ -36,20 +37,26 @@ def weighted_moments(stack: np.ndarray, mask: np.ndarray | None = None, sigma_pi
     return (xx - yy) / (xx + yy), 2 * xy / (xx + yy)
 
 
-def shard_path(work: Path, seed: int, n: int, shear: float) -> Path:
+def _tag(n: int, shear: float, margin: int) -> str:
+    return f"{n}-{shear:g}" + (f"-m{margin}" if margin else "")
+
+
+def shard_path(work: Path, seed: int, n: int, shear: float, margin: int = 0) -> Path:
     """The kept results of the shard ``seed`` (its existence means the shard is done)."""
-    return work / "results" / f"shard-{seed}-{n}-{shear:g}.npz"
+    return work / "results" / f"shard-{seed}-{_tag(n, shear, margin)}.npz"
 
 
-def simulate(work: Path, n: int, seed: int, shear: float, workers: int = 2) -> Path:
-    """A paired set of ``n`` stamps (``n / 8`` base scenes) made with the project's generator."""
+def simulate(work: Path, n: int, seed: int, shear: float, workers: int = 2, margin: int = 0) -> Path:
+    """A paired set of ``n`` stamps (``n / 8`` base scenes) made with the project's generator; with ``margin``
+    the same scenes (neighbours drawn in the model's stamp) rendered ``margin`` pixels wider on every side."""
     from survey_deblend.config.sim import LsstSimConfig
     from survey_deblend.sim.lsst import make_lsst_dataset
 
-    out = work / f"paired-{n}-{seed}-{shear:g}"
+    out = work / f"paired-{seed}-{_tag(n, shear, margin)}"
     if not (out / "manifest.json").is_file():
         shutil.rmtree(out, ignore_errors=True)  # a half-written set of a stopped run
-        cfg = LsstSimConfig(n=n, seed=seed, kind="paired", workers=workers, shard_size=4000, ring_shear=shear)
+        cfg = LsstSimConfig(n=n, seed=seed, kind="paired", workers=workers, shard_size=4000, ring_shear=shear,
+                            stamp_size=STAMP + 2 * margin, neighbour_field_pix=STAMP if margin else None)
         make_lsst_dataset(out, config=cfg)
     return out
 
@@ -63,20 +70,23 @@ def selected_stamps(ds, snr_min: float) -> np.ndarray:
     return np.nonzero(mean_snr[inverse] > snr_min)[0]
 
 
-def pair_noise(pair_id: np.ndarray, variant_turn: np.ndarray, sigma: np.ndarray, seed: int) -> np.ndarray:
-    """Fixnoise fields ``(n, B, S, S)``: one unit field per base scene, turned with the variant, times sigma."""
-    out = np.empty((len(pair_id), sigma.shape[1], 45, 45), dtype=np.float32)
+def pair_noise(pair_id: np.ndarray, variant_turn: np.ndarray, sigma: np.ndarray, seed: int,
+               size: int = STAMP) -> np.ndarray:  # fmt: skip
+    """Fixnoise fields ``(n, B, size, size)``: one unit field per base scene, turned with the variant, times sigma."""
+    out = np.empty((len(pair_id), sigma.shape[1], size, size), dtype=np.float32)
     for p in np.unique(pair_id):
-        field = np.random.default_rng([seed, int(p)]).standard_normal((sigma.shape[1], 45, 45), dtype=np.float32)
+        field = np.random.default_rng([seed, int(p)]).standard_normal((sigma.shape[1], size, size), dtype=np.float32)
         for i in np.nonzero(pair_id == p)[0]:
             out[i] = np.rot90(field, -int(variant_turn[i]), axes=(-2, -1))
     return out * sigma[:, :, None, None].astype(np.float32)
 
 
 def measure(ds, idx: np.ndarray, shapes: Shapes, seed: int, chunk: int, turn_all: bool,
-            raw: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+            raw: bool = True, margin: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
     """Per selected stamp: raw shapes (``raw``; else NaN), the five metacal shapes and those of their turns
-    (``turn_all``: all five, else the noshear image only), applied shear, truth, SNR and the global pair id."""
+    (``turn_all``: all five, else the noshear image only), applied shear, truth, SNR and the global pair id.
+    ``margin``: the stamps are that much wider than the model's; the network reads the central STAMP pixels (of
+    the original stamp, and of the five images after the shear: ``metacal_response(margin=)``, as the run)."""
     from survey_deblend.calibration import border_noise_sigma, metacal_response
     from survey_deblend.calibration.psf import sim_psf_model
 
@@ -95,34 +105,36 @@ def measure(ds, idx: np.ndarray, shapes: Shapes, seed: int, chunk: int, turn_all
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
         blend = ds.read("blend", idx[sl])
+        core = np.ascontiguousarray(blend[..., margin : blend.shape[-1] - margin, margin : blend.shape[-1] - margin])
         if raw:
-            out["e_raw"][sl] = np.stack(shapes(blend, np.ones((len(blend), len(BANDS)), bool)), 1)
+            out["e_raw"][sl] = np.stack(shapes(core, np.ones((len(blend), len(BANDS)), bool)), 1)
         sigma = border_noise_sigma(blend)
-        noise = pair_noise(pair[sl], idx[sl] % 2, sigma, seed)
+        noise = pair_noise(pair[sl], idx[sl] % 2, sigma, seed, blend.shape[-1])
         res = metacal_response(blend, sim_psf_model("LSST", BANDS, len(blend)), 0.2, shapes, noise_sigma=sigma,
-                               noise=noise, symmetrize="all" if turn_all else "noshear")  # fmt: skip
+                               noise=noise, symmetrize="all" if turn_all else "noshear", margin=margin)  # fmt: skip
         out["sheared"][:, sl], out["rotated"][:, sl] = res.sheared, res.rotated
     return out
 
 
 def run_shard(work: Path, n: int, seed: int, shear: float, snr_min: float, shapes: Shapes, chunk: int,
-              turn_all: bool, raw: bool = True, keep_images: bool = False) -> dict[str, float]:  # fmt: skip
+              turn_all: bool, raw: bool = True, keep_images: bool = False,
+              margin: int = 0) -> dict[str, float]:  # fmt: skip
     """Simulate, measure and save one shard (atomically), then delete its images; returns its timings."""
     from survey_deblend.sim.dataset import open_dataset
 
     t0 = time.perf_counter()
-    data = simulate(work, n, seed, shear)
+    data = simulate(work, n, seed, shear, margin=margin)
     t1 = time.perf_counter()
     ds = open_dataset(data)
     if abs(float(ds.manifest["config"]["ring_shear"]) - shear) > 1e-12:
         raise SystemExit(f"{data}: ring_shear {ds.manifest['config']['ring_shear']} is not --shear {shear}")
     idx = selected_stamps(ds, snr_min)
-    result = measure(ds, idx, shapes, seed, chunk, turn_all, raw)
+    result = measure(ds, idx, shapes, seed, chunk, turn_all, raw, margin)
     t2 = time.perf_counter()
-    path = shard_path(work, seed, n, shear)
+    path = shard_path(work, seed, n, shear, margin)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **result, shear=shear, seed=seed, n_simulated=n, snr_min=snr_min)
+    np.savez(tmp, **result, shear=shear, seed=seed, n_simulated=n, snr_min=snr_min, margin=margin)
     tmp.replace(path)
     if not keep_images:
         shutil.rmtree(data, ignore_errors=True)
@@ -130,19 +142,20 @@ def run_shard(work: Path, n: int, seed: int, shear: float, snr_min: float, shape
 
 
 def stream(work: Path, n: int, seeds: list[int], shear: float, snr_min: float, shapes: Shapes, chunk: int = 2048,
-           turn_all_shards: int = 0, raw_shards: int = 10**6) -> Iterator[tuple[int, dict[str, float]]]:  # fmt: skip
+           turn_all_shards: int = 0, raw_shards: int = 10**6,
+           margin: int = 0) -> Iterator[tuple[int, dict[str, float]]]:  # fmt: skip
     """Run the shards of ``seeds`` in order, skipping those already kept; yields ``(seed, timings)`` per new one.
     The first ``turn_all_shards`` turn all five images, the first ``raw_shards`` measure the original stamps."""
     for i, seed in enumerate(seeds):
-        if shard_path(work, seed, n, shear).is_file():
+        if shard_path(work, seed, n, shear, margin).is_file():
             continue
         yield seed, run_shard(work, n, seed, shear, snr_min, shapes, chunk, turn_all=i < turn_all_shards,
-                              raw=i < raw_shards)  # fmt: skip
+                              raw=i < raw_shards, margin=margin)  # fmt: skip
 
 
-def finished(work: Path, n: int, shear: float) -> list[Path]:
-    """The kept results of every finished shard of this size and shear."""
-    return sorted((work / "results").glob(f"shard-*-{n}-{shear:g}.npz"))
+def finished(work: Path, n: int, shear: float, margin: int = 0) -> list[Path]:
+    """The kept results of every finished shard of this size, shear and margin."""
+    return sorted((work / "results").glob(f"shard-*-{_tag(n, shear, margin)}.npz"))
 
 
 def load_results(paths: list[Path]) -> dict[str, np.ndarray]:

@@ -94,10 +94,13 @@ def metacal_response(
     device: str | torch.device | None = None,
     batch: int = 1024,
     symmetrize: Symmetrize = False,
+    margin: int = 0,
 ) -> MetacalResult:
     """Metacalibrate stamps ``(N, B, S, S)`` (model or source frame, sky-subtracted) and run ``shapes`` on the
     five images of each batch of ``batch`` galaxies in one call (5 x batch stamps, grouped by image type, then
-    the 90-degree turns of the images ``symmetrize`` names: module docstring).
+    the 90-degree turns of the images ``symmetrize`` names: module docstring). ``margin``: the stamps are cut that
+    many pixels wider on every side than what ``shapes`` reads; the five images are cropped after the shear
+    (``calibration.batch``); ``noise_sigma`` defaults to the border of the whole cut.
 
     ``noise_sigma`` (N, B) defaults to the border MAD of each stamp (``calibration.noise``); absent bands
     (``band_mask`` False) get no noise and stay zero."""
@@ -121,6 +124,8 @@ def metacal_response(
             seed=seed + start, noise=None if noise is None else noise[sl], order=order, device=device,
         )  # fmt: skip
         k = sl.stop - sl.start
+        if margin:
+            mc = mc[..., margin:-margin, margin:-margin]
         if n_turn:  # the turned images after the five, in the same call (one network pass)
             mc = torch.cat([mc, torch.rot90(mc[:n_turn], 1, dims=(-2, -1))])
         stack = mc.reshape(len(mc) * k, *mc.shape[2:]).cpu().numpy()

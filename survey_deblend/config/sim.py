@@ -22,6 +22,9 @@ class LsstSimConfig:
     workers: int = 1
     des_pairs: bool = False  # also render every scene as DES would see it (pixel scale, PSFs, depth, grizY)
     stamp_size: int = 45
+    # Side of the square the neighbours are drawn in (pixels, centred); None: the stamp. A stamp wider than this
+    # is the same scenes with a margin around them (metacalibration's paired sets, benchmarks/metacal.py).
+    neighbour_field_pix: int | None = None
     psf_model: Literal["moffat", "kolmogorov"] = "moffat"
     central_mag_min: float = 20.0
     central_mag_max: float = 25.3
@@ -39,6 +42,8 @@ class LsstSimConfig:
             (self.shard_size >= 1, "shard_size", "must be at least 1"),
             (self.workers >= 1, "workers", "must be at least 1"),
             (self.stamp_size >= 9 and self.stamp_size % 2 == 1, "stamp_size", "must be odd and at least 9"),
+            (self.neighbour_field_pix is None or self.neighbour_field_pix >= 1, "neighbour_field_pix",
+             "must be at least 1 (or null)"),
             (self.central_mag_min < self.central_mag_max, "central_mag_max", "must exceed central_mag_min"),
             (self.neighbour_mag_min < self.neighbour_mag_max, "neighbour_mag_max", "must exceed neighbour_mag_min"),
             (self.neighbour_mean >= 0, "neighbour_mean", "must be >= 0"),

@@ -39,14 +39,15 @@ def sample_rng(seed: int, *index: int) -> np.random.Generator:
 def draw_blend_scene(rng: np.random.Generator, cfg: LsstSimConfig, pixel_scale_arcsec: float) -> Scene:
     """A central galaxy near the stamp centre plus ``min(Poisson(neighbour_mean), max_neighbours)`` neighbours.
 
-    Neighbours are uniform over the stamp, at least ``min_separation_arcsec`` from the central.
+    Neighbours are uniform over the stamp (or the central ``neighbour_field_pix`` square of it), at least
+    ``min_separation_arcsec`` from the central.
     """
     n_nb = int(min(rng.poisson(cfg.neighbour_mean), cfg.max_neighbours))
     mag_min = np.array([cfg.central_mag_min] + [cfg.neighbour_mag_min] * n_nb)
     mag_max = np.array([cfg.central_mag_max] + [cfg.neighbour_mag_max] * n_nb)
     population = draw_population(rng, n_nb + 1, mag_min, mag_max)  # galaxy 0: the central
     jitter = rng.uniform(-cfg.centre_jitter_pix, cfg.centre_jitter_pix, 2) * pixel_scale_arcsec
-    half = cfg.stamp_size / 2 * pixel_scale_arcsec
+    half = (cfg.neighbour_field_pix or cfg.stamp_size) / 2 * pixel_scale_arcsec
     offsets = rng.uniform(-half, half, (n_nb, 2))
     close = np.hypot(offsets[:, 0], offsets[:, 1]) < cfg.min_separation_arcsec
     while close.any():

@@ -99,3 +99,16 @@ def test_simulate_field_shear_cli(tmp_path, capsys):
         main([*args, "--shear", "0.02"])
     assert exc.value.code == 2 and "G1,G2" in capsys.readouterr().err
     assert main([*args, "--shear", "0.3,0"]) == 2 and "|g| < 0.2" in capsys.readouterr().err
+
+
+def test_a_wider_stamp_with_the_same_neighbour_field_holds_the_same_scenes(paired, tmp_path):
+    """``neighbour_field_pix``: the paired set rendered 8 pixels wider on every side (metacal's margin) is the same
+    scenes: the same labels, and the central 45 pixels of its blends' noiseless light are the 45-pixel set's."""
+    wide = open_dataset(make_lsst_dataset(tmp_path, config=LsstSimConfig(
+        n=16, seed=9, kind="paired", shard_size=16, stamp_size=61, neighbour_field_pix=45)))  # fmt: skip
+    assert wide.read("blend", slice(0, 1)).shape[-1] == 61
+    for key in ("e1", "e2", "g1_applied", "pair_id", "snr"):
+        np.testing.assert_allclose(wide.read(key, slice(None)), paired.read(key, slice(None)), rtol=1e-5)
+    light = lambda ds: ds.read("blend", slice(None)) - (ds.read("isolated", slice(None)) - ds.read("clean", slice(None)))  # noqa: E731
+    narrow, core = light(paired), light(wide)[..., 8:-8, 8:-8]
+    np.testing.assert_allclose(core, narrow, atol=2e-3 * np.abs(narrow).max())
