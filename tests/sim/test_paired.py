@@ -109,6 +109,9 @@ def test_a_wider_stamp_with_the_same_neighbour_field_holds_the_same_scenes(paire
     assert wide.read("blend", slice(0, 1)).shape[-1] == 61
     for key in ("e1", "e2", "g1_applied", "pair_id", "snr"):
         np.testing.assert_allclose(wide.read(key, slice(None)), paired.read(key, slice(None)), rtol=1e-5)
-    light = lambda ds: ds.read("blend", slice(None)) - (ds.read("isolated", slice(None)) - ds.read("clean", slice(None)))  # noqa: E731
+
+    def light(ds):  # the blend without its noise (isolated = clean + noise)
+        return ds.read("blend", slice(None)) - ds.read("isolated", slice(None)) + ds.read("clean", slice(None))
+
     narrow, core = light(paired), light(wide)[..., 8:-8, 8:-8]
     np.testing.assert_allclose(core, narrow, atol=2e-3 * np.abs(narrow).max())
