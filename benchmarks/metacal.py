@@ -87,6 +87,13 @@ def summary(fig: dict, model_id: str, shear: float) -> dict[str, object]:
             "paired_c_cal_sym": sym["c"], "paired_c_err_sym": sym["c_err"],
             "rmse_e_original": raw["rmse_e"], "rmse_e_noshear": cal["rmse_e"], "rmse_e_noshear_sym": sym["rmse_e"],
             "rmse_ratio": cal["rmse_e"] / raw["rmse_e"]}  # fmt: skip
+    first = fig.get("crop_first")
+    if first:  # the same stamps metacalibrated without the margin (the model's stamp cut first)
+        diff = first["margin_minus_crop_first"]
+        line.update({"crop_first_m1": first["m1"], "crop_first_m2": first["m2"], "crop_first_m_err": max(
+            first["m1_err"], first["m2_err"]), "crop_first_n_pairs": first["n_pairs"], "margin_minus_crop_first_dm1":
+            diff["dm1"], "margin_minus_crop_first_dm1_err": diff["dm1_err"], "margin_minus_crop_first_dm2":
+            diff["dm2"], "margin_minus_crop_first_dm2_err": diff["dm2_err"]})  # fmt: skip
     return {**line, "detail": fig}
 
 
@@ -131,6 +138,8 @@ def main() -> None:
     parser.add_argument("--estimator", choices=("network", "moments"), default="network",
                         help="moments: Gaussian-weighted i-band moments, a smooth reference for the images' own bias")
     parser.add_argument("--quick", action="store_true", help="one shard of 800 stamps, 256 timed galaxies")
+    parser.add_argument("--crop-first-shards", type=int, default=4,
+                        help="the first k shards also metacalibrate without the margin (the model's stamp cut first)")
     parser.add_argument("--margin", type=int, default=None, help="pixels simulated around the model's stamp and "
                         "sheared with it (default: the run's model.metacal_margin_arcsec at 0.2 arcsec; 0: none)")
     args = parser.parse_args()
@@ -155,7 +164,8 @@ def main() -> None:
     if not args.throughput_only:
         seeds = list(range(args.seed, args.seed + shards))
         for seed, times in ms.stream(args.work, n, seeds, args.shear, args.snr_min, shapes, args.chunk,
-                                     args.turn_all_shards, args.raw_shards, margin):  # fmt: skip
+                                     args.turn_all_shards, args.raw_shards, margin,
+                                     args.crop_first_shards):  # fmt: skip
             line = summary(ms.figures(ms.load_results(ms.finished(args.work, n, args.shear, margin))),
                            predictor.model_id if args.estimator == "network" else "moments", args.shear)  # fmt: skip
             line.pop("detail")

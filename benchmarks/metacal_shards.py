@@ -82,11 +82,13 @@ def pair_noise(pair_id: np.ndarray, variant_turn: np.ndarray, sigma: np.ndarray,
 
 
 def measure(ds, idx: np.ndarray, shapes: Shapes, seed: int, chunk: int, turn_all: bool,
-            raw: bool = True, margin: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+            raw: bool = True, margin: int = 0, crop_first: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """Per selected stamp: raw shapes (``raw``; else NaN), the five metacal shapes and those of their turns
     (``turn_all``: all five, else the noshear image only), applied shear, truth, SNR and the global pair id.
     ``margin``: the stamps are that much wider than the model's; the network reads the central STAMP pixels (of
-    the original stamp, and of the five images after the shear: ``metacal_response(margin=)``, as the run)."""
+    the original stamp, and of the five images after the shear: ``metacal_response(margin=)``, as the run).
+    ``crop_first``: also metacal of the model's stamp alone (cut first, no margin: the run before the margin),
+    its five shapes and the turned noshear one in ``crop_first`` (6, n, 2), on the same stamps and noise."""
     from survey_deblend.calibration import border_noise_sigma, metacal_response
     from survey_deblend.calibration.psf import sim_psf_model
 
@@ -101,6 +103,7 @@ def measure(ds, idx: np.ndarray, shapes: Shapes, seed: int, chunk: int, turn_all
         "e_raw": np.full((n, 2), np.nan),
         "sheared": np.empty((5, n, 2)),
         "rotated": np.full((5, n, 2), np.nan),
+        "crop_first": np.full((6, n, 2), np.nan),
     }
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
@@ -113,12 +116,17 @@ def measure(ds, idx: np.ndarray, shapes: Shapes, seed: int, chunk: int, turn_all
         res = metacal_response(blend, sim_psf_model("LSST", BANDS, len(blend)), 0.2, shapes, noise_sigma=sigma,
                                noise=noise, symmetrize="all" if turn_all else "noshear", margin=margin)  # fmt: skip
         out["sheared"][:, sl], out["rotated"][:, sl] = res.sheared, res.rotated
+        if crop_first and margin:
+            inner = (..., slice(margin, blend.shape[-1] - margin), slice(margin, blend.shape[-1] - margin))
+            first = metacal_response(core, sim_psf_model("LSST", BANDS, len(blend)), 0.2, shapes, noise_sigma=sigma,
+                                     noise=np.ascontiguousarray(noise[inner]), symmetrize="noshear")  # fmt: skip
+            out["crop_first"][:5, sl], out["crop_first"][5, sl] = first.sheared, first.rotated[0]
     return out
 
 
 def run_shard(work: Path, n: int, seed: int, shear: float, snr_min: float, shapes: Shapes, chunk: int,
-              turn_all: bool, raw: bool = True, keep_images: bool = False,
-              margin: int = 0) -> dict[str, float]:  # fmt: skip
+              turn_all: bool, raw: bool = True, keep_images: bool = False, margin: int = 0,
+              crop_first: bool = False) -> dict[str, float]:  # fmt: skip
     """Simulate, measure and save one shard (atomically), then delete its images; returns its timings."""
     from survey_deblend.sim.dataset import open_dataset
 
@@ -129,7 +137,7 @@ def run_shard(work: Path, n: int, seed: int, shear: float, snr_min: float, shape
     if abs(float(ds.manifest["config"]["ring_shear"]) - shear) > 1e-12:
         raise SystemExit(f"{data}: ring_shear {ds.manifest['config']['ring_shear']} is not --shear {shear}")
     idx = selected_stamps(ds, snr_min)
-    result = measure(ds, idx, shapes, seed, chunk, turn_all, raw, margin)
+    result = measure(ds, idx, shapes, seed, chunk, turn_all, raw, margin, crop_first)
     t2 = time.perf_counter()
     path = shard_path(work, seed, n, shear, margin)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,15 +150,16 @@ def run_shard(work: Path, n: int, seed: int, shear: float, snr_min: float, shape
 
 
 def stream(work: Path, n: int, seeds: list[int], shear: float, snr_min: float, shapes: Shapes, chunk: int = 2048,
-           turn_all_shards: int = 0, raw_shards: int = 10**6,
-           margin: int = 0) -> Iterator[tuple[int, dict[str, float]]]:  # fmt: skip
+           turn_all_shards: int = 0, raw_shards: int = 10**6, margin: int = 0,
+           crop_first_shards: int = 0) -> Iterator[tuple[int, dict[str, float]]]:  # fmt: skip
     """Run the shards of ``seeds`` in order, skipping those already kept; yields ``(seed, timings)`` per new one.
-    The first ``turn_all_shards`` turn all five images, the first ``raw_shards`` measure the original stamps."""
+    The first ``turn_all_shards`` turn all five images, the first ``raw_shards`` measure the original stamps,
+    the first ``crop_first_shards`` also metacalibrate the model's stamp without the margin (``measure``)."""
     for i, seed in enumerate(seeds):
         if shard_path(work, seed, n, shear, margin).is_file():
             continue
         yield seed, run_shard(work, n, seed, shear, snr_min, shapes, chunk, turn_all=i < turn_all_shards,
-                              raw=i < raw_shards, margin=margin)  # fmt: skip
+                              raw=i < raw_shards, margin=margin, crop_first=i < crop_first_shards)  # fmt: skip
 
 
 def finished(work: Path, n: int, shear: float, margin: int = 0) -> list[Path]:
@@ -164,15 +173,15 @@ def load_results(paths: list[Path]) -> dict[str, np.ndarray]:
     if not parts:
         raise SystemExit("metacal: no finished shard to combine")
     out = {k: np.concatenate([p[k] for p in parts], axis=0) for k in ("pair", "turn", "g", "truth", "snr", "e_raw")}
-    for k in ("sheared", "rotated"):
-        out[k] = np.concatenate([p[k] for p in parts], axis=1)
+    for k in ("sheared", "rotated", "crop_first"):
+        out[k] = np.concatenate([p.get(k, np.full((6, len(p["pair"]), 2), np.nan)) for p in parts], axis=1)
     out["n_shards"] = np.array(len(parts))
     return out
 
 
 def subset(res: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
     """The results of the stamps ``keep`` (bool over stamps)."""
-    out = {k: (v[:, keep] if k in ("sheared", "rotated") else v[keep]) for k, v in res.items() if v.ndim}
+    out = {k: (v[:, keep] if k in ("sheared", "rotated", "crop_first") else v[keep]) for k, v in res.items() if v.ndim}
     out["n_shards"] = res["n_shards"]
     return out
 
@@ -211,6 +220,24 @@ def scene_scatter(res: dict[str, np.ndarray], e: np.ndarray, R: np.ndarray) -> d
             "corr": float(np.corrcoef(de, r11)[0, 1]) if np.std(r11) > 0 else float("nan")}  # fmt: skip
 
 
+def crop_first_figures(res: dict[str, np.ndarray]) -> dict[str, float]:
+    """m of metacal on the model's stamp alone (cut first, no margin; symmetrized) on the stamps that have it,
+    and the margin's estimator minus it on the same stamps (``dm1``: what the margin changes, with its error)."""
+    from survey_deblend.calibration import paired_bias_difference, paired_shear_bias
+    from survey_deblend.calibration.response import response_matrix, symmetrized
+
+    turned = np.full((5, *res["crop_first"].shape[1:]), np.nan)
+    turned[0] = res["crop_first"][5]
+    est = symmetrized(res["crop_first"][:5], turned, "noshear")
+    e_first, r_first = est[0], response_matrix(est)
+    e_margin, r_margin = variant_estimates(res)["sym_noshear"]
+    d = paired_shear_bias(e_first, res["g"], res["pair"], r_first)
+    diff = paired_bias_difference(e_margin, r_margin, e_first, r_first, res["g"], res["pair"])
+    return {**{k: d[k] for k in ("m1", "m1_err", "m2", "m2_err", "c1", "c2", "n_pairs")},
+            "R_mean": [[round(v, 4) for v in row] for row in d["R_mean"]],
+            "margin_minus_crop_first": {k: v for k, v in diff.items() if k != "n_pairs"}}  # fmt: skip
+
+
 def figures(res: dict[str, np.ndarray], compare_subset: bool = True) -> dict[str, object]:
     """m, c and errors of every estimator, the per-scene scatter and the RMSE against the truth; where only
     some shards turned all five images, the estimators again on those shards' stamps (``turned_all_subset``)."""
@@ -238,4 +265,7 @@ def figures(res: dict[str, np.ndarray], compare_subset: bool = True) -> dict[str
             out[name]["scene_scatter"] = scene_scatter(res, e, R)
         else:
             out[name]["scene_scatter"] = scene_scatter(res, e, np.broadcast_to(np.eye(2), (len(e), 2, 2)))
+    first = res.get("crop_first")
+    if first is not None and np.isfinite(first).any():
+        out["crop_first"] = crop_first_figures(subset(res, np.all(np.isfinite(first), axis=(0, 2))))
     return out

@@ -8,6 +8,7 @@ from survey_deblend.calibration.response import (
     MetacalResult,
     ensemble_shear,
     metacal_response,
+    paired_bias_difference,
     paired_shear_bias,
     response_matrix,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "metacal_images",
     "metacal_response",
     "metacal_shears",
+    "paired_bias_difference",
     "paired_shear_bias",
     "response_matrix",
     "seeded_noise",

@@ -35,9 +35,10 @@ class ModelConfig:
     # the network's own additive bias (c 0.006 -> 0.0001 on the paired LSST set) for one more image per galaxy.
     metacal_symmetrize: bool = True
     # Metacalibration shears a cut this much wider on every side than the model's stamp and crops the five images
-    # to the model's stamp afterwards: a stamp sheared on its own pulls zeros in at its edges, which the network
-    # reads as shape (m1 -0.02 without the margin on the paired LSST set; docs/performance.md).
-    metacal_margin_arcsec: float = 1.6
+    # to the model's stamp afterwards: a stamp sheared on its own pulls zeros in at its edges and loses the light
+    # the shear moves in, which the network reads as shape (m1 -0.02 without a margin on the paired LSST set;
+    # docs/performance.md). 2.4 arcsec: 12 LSST / 10 DES pixels.
+    metacal_margin_arcsec: float = 2.4
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -15,12 +15,14 @@ import pytest
 
 from survey_deblend.calibration import PSFModel, metacal_images, metacal_shears
 from survey_deblend.calibration.batch import calibrate_batch
+from survey_deblend.config.run import ModelConfig
 from survey_deblend.cutouts.base import CutoutBatch
 from survey_deblend.inference import Predictor
 from survey_deblend.pipeline.tasks import margin_pixels
 from survey_deblend.surveys import DES_BANDS, stamp_frame
 
-S, SCALE, DELTA, MARGIN = 45, 0.2, 0.01, 8
+S, SCALE, DELTA = 45, 0.2, 0.01
+MARGIN = margin_pixels(ModelConfig().metacal_margin_arcsec, SCALE)  # the run's
 GSP = galsim.GSParams(maxk_threshold=1e-4, folding_threshold=1e-3)
 PSF = PSFModel(np.array([[0.8]]), np.array([[0.0]]), np.array([[0.0]]))
 
@@ -74,6 +76,7 @@ def test_a_margin_makes_the_sheared_images_those_of_the_sheared_scene(truth):
 
 def test_margin_pixels_cover_the_margin_in_whole_source_pixels():
     assert margin_pixels(1.6, 0.2) == 8 and margin_pixels(1.6, 0.263) == 7 and margin_pixels(0.0, 0.263) == 0
+    assert margin_pixels(2.4, 0.2) == 12 and margin_pixels(2.4, 0.263) == 10
 
 
 @pytest.fixture(scope="module")
