@@ -78,7 +78,8 @@ def throughput(predictor, images: np.ndarray, repeats: int = 3, margin: int = 0)
 
 def summary(fig: dict, model_id: str, shear: float) -> dict[str, object]:
     """The issue's keys from ``metacal_shards.figures``: calibrated = plain metacal, ``_sym`` = symmetrized."""
-    raw, cal, sym = fig["raw"], fig["cal"], fig["sym_noshear"]
+    cal, sym = fig["cal"], fig["sym_noshear"]
+    raw = fig.get("raw") or dict.fromkeys(("m", "m_err", "c", "rmse_e"), float("nan"))  # no shard measured it yet
     line = {"benchmark": "metacal", "model": model_id, "shear": shear, "n_shards": fig["n_shards"],
             "n_stamps": fig["n_stamps"], "n_pairs": cal["n_pairs"],
             "paired_m_raw": raw["m"], "paired_m_raw_err": raw["m_err"], "paired_c_raw": raw["c"],
