@@ -18,6 +18,7 @@ from conftest import run_config
 from field import make_small_field
 
 from survey_deblend.pipeline import run
+from survey_deblend.schema import USABLE
 
 ZP_LOW = 27.5
 PREDICTED = ["e1_pred", "e2_pred", "e_sigma_pred", "z_pred", "z_sigma_pred"]
@@ -48,7 +49,7 @@ def test_magzero_27_5_tile_gives_the_model_the_same_flux(fields, checkpoint, cli
         outputs[zp] = pd.read_parquet(out).sort_values("coadd_objects_id").reset_index(drop=True)
     high, low = outputs[30.0], outputs[ZP_LOW]
     assert (high["coadd_objects_id"].to_numpy() == low["coadd_objects_id"].to_numpy()).all()
-    ok = (high["status"] == "ok").to_numpy()
+    ok = high["status"].isin(list(USABLE)).to_numpy()  # ok, or padded (a stamp or its metacal margin off the tile)
     assert ok.sum() >= 30 and (low["status"] == high["status"]).all()
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
