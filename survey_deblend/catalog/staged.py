@@ -8,8 +8,9 @@ three kinds of task, each reading and writing its own files (``pipeline.staging`
    the selection's dtypes sorted by ID into a file, plus a sample of their IDs;
 2. ``stage_position_chunk``: one row range of the gold (or wlinfo) catalog, positions checked, ID, row number,
    RA/DEC (and the gold quality columns) sorted by ID into a file;
-3. ``join_bucket``: one range of IDs (bounds chosen on the client from the samples): the slice of that range of
-   every shear file and every gold file (binary search on memory-mapped files), the repeated-ID check, the join
+3. ``join_bucket``: one range of IDs (bounds chosen on the client from the chunks' ID spans, ``lo``/``hi``, or
+   from the samples, ``pipeline.stream``): the slice of that range of every shear and gold file that can hold
+   those IDs (binary search on memory-mapped files), the repeated-ID check, the join
    (first gold occurrence wins, repeats counted), the gold quality cut. Every copy of an ID lies in one range,
    so the counts summed over ranges are those of ``select_galaxies`` on the whole catalog, and so are the rows.
 """

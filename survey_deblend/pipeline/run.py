@@ -1,18 +1,21 @@
 """``run(config, client)``: the futures graph of ``survey-deblend run`` (DESIGN.md, "The run").
 
 A shear catalog of at least ``output.stage_min_rows`` rows is selected by the workers into ``out/_staging``
-(``pipeline.staging``): the client plans the partitions from counts, each partition task reads its own rows there
-and its source chooses the tiles. A smaller one is selected on the client (faster at that size); the tile choice is
-then made once by the source's ``plan`` (sliced per partition when it is submitted, it travels with the partition's
-task). Either way the partitions are the same: per locality key, in ID order, split into near-equal chunks.
+(``pipeline.stream``, ``pipeline.staging``): the client plans the partitions from counts, each partition task reads
+its own rows there and its source chooses the tiles. For a catalog sorted by ID the partitions of each ID range are
+planned and submitted as soon as that range is joined, while the rest is still being staged (per (range, key));
+otherwise once everything is staged, per key as below. A smaller catalog is selected on the client (faster at that
+size); the tile choice is then made once by the source's ``plan`` (sliced per partition when it is submitted, it
+travels with the partition's task), and the partitions are per locality key, in ID order, in near-equal chunks.
+Either way the rows written, and every value in them, are the same.
 The source goes to every worker once (the result of one task every task needing it names, never pickled into each
-task). On CPU workers each partition is
-one fused task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with
-GPU workers ``fetch_partition`` -> ``predict_partition`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
-window of partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker
-thread, not one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the
-end the output is checked against the plan from the part files' footers (row counts) and the done-markers (status
-counts, id checksums) without reading any id back; the manifest records counts and timings.
+task). On CPU workers each partition is one fused task (``process_partition``: fetch -> predict -> write, the
+stamps never travel between workers); with GPU workers ``fetch_partition`` -> ``predict_partition``
+(``resources={"GPU": 1}``) -> ``write_partition``. A bounded window of partitions is in flight and refills as parts
+finish (``pipeline.window``), so the scheduler holds the staging tasks and a few partitions per worker thread, not
+one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the end the
+output is checked against the plan from the part files' footers (row counts) and the done-markers (status counts,
+id checksums) without reading any id back; the manifest records counts and timings.
 """
 
 from __future__ import annotations

@@ -88,33 +88,68 @@ class StagedSelection:
 
     folder: Path
     cut_flow: CutFlow
-    buckets: list[dict[str, Any]]  # {"rows": file name, "hashes": file name, "keys": [...], "counts": [...]}
+    buckets: list[dict[str, Any]]  # {"rows": file, "hashes": file, "keys": [...], "counts": [...], "group": g}
     cpu_s: float = 0.0  # CPU seconds the staging tasks took on the workers (0 when reused)
-    per_range: bool = False  # partitions per (ID range, key) (a streamed staging), else per key
+    per_range: bool = False  # a streamed staging: partitions planned group by group (``KeyPlanner``)
 
     @property
     def n_selected(self) -> int:
         return sum(sum(b["counts"]) for b in self.buckets)
 
     def partitions(self, max_rows: int) -> list[StagedPartition]:
-        """Every partition of the selection, as slices of the staged files: per (ID range, key) when
-        ``per_range``, else those of ``plan.plan_partitions`` on the whole selection."""
+        """Every partition of the selection, as slices of the staged files: when ``per_range``, those the stream
+        planned (the groups replayed in order), else those of ``plan.plan_partitions`` on the whole selection."""
+        planner = KeyPlanner(self.folder, max_rows)
+        if not self.per_range:
+            return planner.add(list(enumerate(self.buckets)), None, flush=True)
+        groups = sorted({int(b["group"]) for b in self.buckets})
+        partitions = []
+        for g in groups:
+            members = [(b, bucket) for b, bucket in enumerate(self.buckets) if bucket["group"] == g]
+            partitions += planner.add(members, g, flush=g in (0, groups[-1]))
+        check_unique_partition_ids(partitions)
+        return partitions
+
+
+class KeyPlanner:
+    """Partitions from counts, as ID ranges come in: a key's rows in ID order (its rows of range 0, then of range
+    1, ...: the ranges follow ID order), cut into near-equal chunks of at most ``max_rows``.
+
+    ``add`` takes the joins (buckets) of the next group of ranges and plans every key that has at least
+    ``max_rows`` rows not yet planned, or every key when ``flush`` (the first group, so that partitions start at
+    once, and the last). Fed every bucket at once with ``flush`` it gives ``plan.plan_partitions``' partitions;
+    fed group by group, a key spread over the whole catalog (a random sky) still gets few, full partitions, and a
+    key whose rows are contiguous in ID (a DES tile) is planned as soon as its range is joined. A function of the
+    counts only, so a re-run plans the same partitions (``StagedSelection.partitions`` replays it).
+    """
+
+    def __init__(self, folder: Path, max_rows: int) -> None:
         if max_rows < 1:
             raise ValueError("output.partition_rows must be at least 1")
-        if self.per_range:
-            return [p for b in range(len(self.buckets)) for p in range_partitions(self.folder, self.buckets[b], b,
-                                                                                   max_rows)]
-        pieces: dict[str, list[tuple[int, int, int]]] = {}  # key -> (bucket, start, stop) in ID order
-        for b, bucket in enumerate(self.buckets):
+        self.folder, self.max_rows = folder, max_rows
+        self.files: dict[int, str] = {}
+        self.prefixes: dict[int, np.ndarray] = {}
+        self.pending: dict[str, list[tuple[int, int, int]]] = {}  # key -> (bucket, start, stop), ID order
+
+    def add(self, buckets: list[tuple[int, dict[str, Any]]], label: int | None, flush: bool) -> list[StagedPartition]:
+        """The partitions planned once ``buckets`` (``(b, bucket)``, in ID order) are joined, named
+        ``<key>-r<label>-<chunk>`` (``<key>-<chunk>`` when ``label`` is None)."""
+        for b, bucket in buckets:
+            self.files[b] = str(self.folder / bucket["rows"])
+            self.prefixes[b] = load(self.folder / bucket["hashes"])
             start = 0
             for key, count in zip(bucket["keys"], bucket["counts"], strict=True):
-                pieces.setdefault(key, []).append((b, start, start + count))
+                if count:
+                    self.pending.setdefault(key, []).append((b, start, start + count))
                 start += count
         partitions = []
-        prefixes = [load(self.folder / bucket["hashes"]) for bucket in self.buckets]
-        for key in sorted(pieces):
-            queue = list(pieces[key])
-            for i, size in enumerate(chunk_sizes(sum(stop - start for _, start, stop in queue), max_rows)):
+        for key in sorted(self.pending):
+            queue = self.pending[key]
+            total = sum(stop - start for _, start, stop in queue)
+            if not flush and total < self.max_rows:
+                continue
+            del self.pending[key]
+            for i, size in enumerate(chunk_sizes(total, self.max_rows)):
                 slices, need = [], int(size)
                 while need:
                     b, start, stop = queue[0]
@@ -124,33 +159,14 @@ class StagedSelection:
                     queue[0] = (b, start + take, stop)
                     if start + take == stop:
                         queue.pop(0)
-                partitions.append(self._partition(key, i, slices, prefixes))
+                partitions.append(self._partition(key, i, label, slices))
         check_unique_partition_ids(partitions)
         return partitions
 
-    def _partition(
-        self, key: str, i: int, slices: list[tuple[int, int, int]], prefixes: list[np.ndarray]
-    ) -> StagedPartition:
-        total = sum(int(prefixes[b][stop]) - int(prefixes[b][start]) for b, start, stop in slices)
-        files = tuple((str(self.folder / self.buckets[b]["rows"]), start, stop) for b, start, stop in slices)
-        return StagedPartition(partition_id(key, i), key, StagedRows(files), format_checksum(total))
-
-
-def range_partitions(folder: Path, bucket: dict[str, Any], b: int, max_rows: int) -> list[StagedPartition]:
-    """The partitions of ID range ``b`` alone: each key's rows of the range (ID order) in near-equal chunks of at
-    most ``max_rows``, named ``<key>-r<b>-<chunk>``. They depend on no other range, so they can start as soon as
-    this one is joined."""
-    prefix = load(folder / bucket["hashes"])
-    rows_path = str(folder / bucket["rows"])
-    partitions, start = [], 0
-    for key, count in zip(bucket["keys"], bucket["counts"], strict=True):
-        for i, size in enumerate(chunk_sizes(count, max_rows) if count else []):
-            stop = start + int(size)
-            checksum = format_checksum(int(prefix[stop]) - int(prefix[start]))
-            partitions.append(StagedPartition(partition_id(key, i, b), key, StagedRows(((rows_path, start, stop),)),
-                                              checksum))
-            start = stop
-    return partitions
+    def _partition(self, key: str, i: int, label: int | None, slices: list[tuple[int, int, int]]) -> StagedPartition:
+        total = sum(int(self.prefixes[b][stop]) - int(self.prefixes[b][start]) for b, start, stop in slices)
+        files = tuple((self.files[b], start, stop) for b, start, stop in slices)
+        return StagedPartition(partition_id(key, i, label), key, StagedRows(files), format_checksum(total))
 
 
 def join_task(

@@ -44,28 +44,27 @@ from survey_deblend.errors import InputError
 from survey_deblend.pipeline.plan import STAGING_DIR, write_json_atomic
 from survey_deblend.pipeline.staging import (
     SUMMARY_NAME,
+    KeyPlanner,
     StagedPartition,
     StagedSelection,
     id_bounds,
     join_task,
     load_summary,
-    range_partitions,
     task_rows,
     timed,
 )
 
-RANGE_MAX_CHUNKS = 8  # shear chunks per ID range at most (a join holds its range's rows)
 JOIN_PRIORITY = 2  # Dask priorities: a join before the partitions it unlocks, those before more staging
 PARTITION_PRIORITY = 1
 
 
 def range_groups(n_chunks: int) -> list[tuple[int, int]]:
-    """The shear chunks ``[first, stop)`` of each ID range of a streamed staging: 1, 2, 4, then
-    ``RANGE_MAX_CHUNKS`` chunks per range."""
+    """The shear chunks ``[first, stop)`` of each group of ID ranges of a streamed staging: 1, 2, 4, 8, ...
+    chunks, so that the first partitions come after one chunk and a key is cut at few group boundaries."""
     groups, start, size = [], 0, 1
     while start < n_chunks:
         groups.append((start, min(start + size, n_chunks)))
-        start, size = start + size, min(2 * size, RANGE_MAX_CHUNKS)
+        start, size = start + size, 2 * size
     return groups
 
 
@@ -152,7 +151,10 @@ class StagingStream:
         self.shear_chunks = _Chunks([str(self.folder / f"shear-{k}.npy") for k in range(len(self.shear_ranges))])
         self.gold_chunks = _Chunks([str(self.folder / f"positions-{j}.npy") for j in range(len(self.position_ranges))])
         self.groups = range_groups(len(self.shear_ranges))
-        self.next_group, self.joined_upto, self.barrier_launched = 0, None, False
+        self.group_of = [g for g, (first, stop) in enumerate(self.groups) for _ in range(first, stop)]
+        self.next_chunk, self.launched_groups, self.planned_groups = 0, 0, 0
+        self.joined_upto, self.barrier_launched = None, False
+        self.planner = KeyPlanner(self.folder, self.max_rows) if self.max_rows is not None else None
 
     def start(self) -> tuple[list[Any], list[StagedPartition]]:
         """Submit the chunk tasks, interleaved in file order (so that the first ranges are staged first); or,
@@ -214,11 +216,12 @@ class StagingStream:
             in_order = True
             self._joins[k]["result"] = result
             self.stopped |= bool(result["repeated"])
-            if self.streaming and not self.stopped:
-                parts = self._plan_range(k)
         if not in_order and self.streaming:
             self._to_barrier()
-        futures, more = self._launch(), self._finish_if_done()
+        futures = self._launch()
+        if self.streaming:
+            parts = self._plan_groups()
+        more = self._finish_if_done()
         return futures + more[0], parts + more[1]
 
     def _to_barrier(self) -> None:
@@ -226,14 +229,23 @@ class StagingStream:
         self._stale, self._joins = self._joins, []
 
     def _bucket(self, b: int) -> dict:
-        return {name: self._joins[b][name] for name in ("rows", "hashes")} | {
-            "keys": self._joins[b]["result"]["keys"], "counts": self._joins[b]["result"]["counts"]}
+        join = self._joins[b]
+        return {"rows": join["rows"], "hashes": join["hashes"], "group": join["group"],
+                "keys": join["result"]["keys"], "counts": join["result"]["counts"]}
 
-    def _plan_range(self, b: int) -> list[StagedPartition]:
-        if self.max_rows is None:
-            return []
+    def _plan_groups(self) -> list[StagedPartition]:
+        """The partitions of each group of ranges whose joins are all done, in group order (``KeyPlanner``)."""
+        parts: list[StagedPartition] = []
         t0 = time.perf_counter()
-        parts = range_partitions(self.folder, self._bucket(b), b, self.max_rows)
+        while self.planned_groups < self.launched_groups:
+            g = self.planned_groups
+            members = [b for b, join in enumerate(self._joins) if join["group"] == g]
+            if any(self._joins[b]["result"] is None for b in members):
+                break
+            if self.planner is not None and not self.stopped:
+                flush = g in (0, len(self.groups) - 1)
+                parts += self.planner.add([(b, self._bucket(b)) for b in members], g, flush)
+            self.planned_groups += 1
         self.plan_s += time.perf_counter() - t0
         return parts
 
@@ -245,11 +257,12 @@ class StagingStream:
         self.plan_s += time.perf_counter() - t0
         return parts
 
-    def _join(self, lo: int | None, hi: int | None, shear_files: list[str], gold_files: list[str]) -> Any:
+    def _join(self, lo: int | None, hi: int | None, shear_files: list[str], gold_files: list[str],
+              group: int | None = None) -> Any:
         b = len(self._joins)
         prefix = "range" if self.streaming else "rows"
         names = {"rows": f"{prefix}-{b}.npy", "hashes": f"{prefix}-hash-{b}.npy" if self.streaming else f"hash-{b}.npy"}
-        self._joins.append({**names, "lo": lo, "hi": hi, "result": None})
+        self._joins.append({**names, "lo": lo, "hi": hi, "group": group, "result": None})
         future = self.client.submit(
             timed, join_task, shear_files, gold_files, lo, hi, self.quality_cut, self.source,
             str(self.folder / names["rows"]), str(self.folder / names["hashes"]),
@@ -274,27 +287,30 @@ class StagingStream:
             for lo, hi in zip([None, *bounds], [*bounds, None], strict=True):
                 futures.append(self._join(lo, hi, shear.overlapping(lo, hi, len(shear.files)), gold_files))
             return futures
-        while self.next_group < len(self.groups):
-            first, stop = self.groups[self.next_group]
-            if self.next_group == len(self.groups) - 1:  # the last range: everything above, once all is staged
+        n_chunks = len(shear.files)
+        while self.next_chunk < n_chunks:  # one range per shear chunk: from the last bound to its largest ID
+            c = self.next_chunk
+            if c == n_chunks - 1:  # the last range: everything above, once all is staged
                 if not (shear.complete and gold.complete):
                     break
-                hi, shear_upto, gold_upto = None, len(shear.files), len(gold.files)
+                hi, shear_upto, gold_upto = None, n_chunks, len(gold.files)
             else:
-                if shear.prefix < stop:
+                if shear.prefix <= c:
                     break
-                hi = shear.tops[stop - 1]
-                if hi is None or (self.joined_upto is not None and hi <= self.joined_upto):
-                    self.next_group += 1  # no ID of these chunks above the last range: nothing to join
-                    continue
-                if not (gold.top is not None and gold.top >= hi) and gold.prefix < len(gold.files):
-                    break
+                hi = shear.tops[c]
+                if hi is not None and self.joined_upto is not None and hi <= self.joined_upto:
+                    hi = None  # no ID of this chunk above the last range: nothing to join
+                elif hi is not None and not (gold.complete or (gold.top is not None and gold.top >= hi)):
+                    break  # (all gold staged but a chunk failed: joined anyway, for the repeated-ID count)
                 shear_upto, gold_upto = shear.prefix, gold.prefix
-            lo = self.joined_upto
-            files = shear.overlapping(lo, hi, shear_upto), gold.overlapping(lo, hi, gold_upto)
-            futures.append(self._join(lo, hi, *files))
-            self.joined_upto = hi
-            self.next_group += 1
+            if hi is not None or c == n_chunks - 1:
+                lo = self.joined_upto
+                files = shear.overlapping(lo, hi, shear_upto), gold.overlapping(lo, hi, gold_upto)
+                futures.append(self._join(lo, hi, *files, group=self.group_of[c]))
+                self.joined_upto = hi
+            if c == self.groups[self.group_of[c]][1] - 1:
+                self.launched_groups = self.group_of[c] + 1
+            self.next_chunk += 1
         return futures
 
     def _count_shear(self) -> np.ndarray:
@@ -309,7 +325,7 @@ class StagingStream:
         and at the barrier all the partitions."""
         from survey_deblend.catalog.select import match_step_name
 
-        launched = self.barrier_launched if not self.streaming else self.next_group == len(self.groups)
+        launched = self.barrier_launched if not self.streaming else self.next_chunk == len(self.shear_chunks.files)
         if self.selection is not None or self._tasks or not launched:
             return [], []
         counts = self._count_shear()
