@@ -49,6 +49,7 @@ from survey_deblend.schema import SELECTION_DTYPES
 SUMMARY_NAME = "summary.json"
 MIN_TASK_ROWS = 100_000  # a staging task never gets fewer rows than this just to spread the work
 MIN_TASKS = 8  # chunks a catalog is cut into at least (as long as MIN_TASK_ROWS allows)
+FIRST_PARTITIONS = 8  # a streamed staging plans at least this many partitions from its first range
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class StagedSelection:
         partitions = []
         for g in groups:
             members = [(b, bucket) for b, bucket in enumerate(self.buckets) if bucket["group"] == g]
-            partitions += planner.add(members, g, flush=g in (0, groups[-1]))
+            partitions += planner.add(members, g, flush=g == groups[-1], at_least=FIRST_PARTITIONS if g == 0 else 0)
         check_unique_partition_ids(partitions)
         return partitions
 
@@ -116,11 +117,13 @@ class KeyPlanner:
     1, ...: the ranges follow ID order), cut into near-equal chunks of at most ``max_rows``.
 
     ``add`` takes the joins (buckets) of the next group of ranges and plans every key that has at least
-    ``max_rows`` rows not yet planned, or every key when ``flush`` (the first group, so that partitions start at
-    once, and the last). Fed every bucket at once with ``flush`` it gives ``plan.plan_partitions``' partitions;
-    fed group by group, a key spread over the whole catalog (a random sky) still gets few, full partitions, and a
-    key whose rows are contiguous in ID (a DES tile) is planned as soon as its range is joined. A function of the
-    counts only, so a re-run plans the same partitions (``StagedSelection.partitions`` replays it).
+    ``max_rows`` rows not yet planned, or every key when ``flush`` (the last group); with ``at_least``, also the
+    keys with most rows pending until that many partitions are planned (the first group: partitions start at
+    once, whatever the sky order). Fed every bucket at once with ``flush`` it gives ``plan.plan_partitions``'
+    partitions; fed group by group, a key whose rows are contiguous in ID (a DES tile) is planned as soon as its
+    range is joined, and a key spread over the whole catalog (a random sky) still gets few, full partitions (a
+    tile read by few tasks). A function of the counts only, so a re-run plans the same partitions
+    (``StagedSelection.partitions`` replays it).
     """
 
     def __init__(self, folder: Path, max_rows: int) -> None:
@@ -131,7 +134,8 @@ class KeyPlanner:
         self.prefixes: dict[int, np.ndarray] = {}
         self.pending: dict[str, list[tuple[int, int, int]]] = {}  # key -> (bucket, start, stop), ID order
 
-    def add(self, buckets: list[tuple[int, dict[str, Any]]], label: int | None, flush: bool) -> list[StagedPartition]:
+    def add(self, buckets: list[tuple[int, dict[str, Any]]], label: int | None, flush: bool,
+            at_least: int = 0) -> list[StagedPartition]:
         """The partitions planned once ``buckets`` (``(b, bucket)``, in ID order) are joined, named
         ``<key>-r<label>-<chunk>`` (``<key>-<chunk>`` when ``label`` is None)."""
         for b, bucket in buckets:
@@ -142,13 +146,17 @@ class KeyPlanner:
                 if count:
                     self.pending.setdefault(key, []).append((b, start, start + count))
                 start += count
+        totals = {key: sum(stop - start for _, start, stop in queue) for key, queue in self.pending.items()}
+        ready = {key for key, total in totals.items() if flush or total >= self.max_rows}
+        n_ready = sum(-(-totals[key] // self.max_rows) for key in ready)
+        for key in sorted(set(totals) - ready, key=lambda k: (-totals[k], k)):  # the largest keys first
+            if n_ready >= at_least:
+                break
+            ready.add(key)
+            n_ready += -(-totals[key] // self.max_rows)
         partitions = []
-        for key in sorted(self.pending):
-            queue = self.pending[key]
-            total = sum(stop - start for _, start, stop in queue)
-            if not flush and total < self.max_rows:
-                continue
-            del self.pending[key]
+        for key in sorted(ready):
+            queue, total = self.pending.pop(key), totals[key]
             for i, size in enumerate(chunk_sizes(total, self.max_rows)):
                 slices, need = [], int(size)
                 while need:

@@ -43,6 +43,7 @@ from survey_deblend.config.catalog import CatalogConfig
 from survey_deblend.errors import InputError
 from survey_deblend.pipeline.plan import STAGING_DIR, write_json_atomic
 from survey_deblend.pipeline.staging import (
+    FIRST_PARTITIONS,
     SUMMARY_NAME,
     KeyPlanner,
     StagedPartition,
@@ -243,8 +244,8 @@ class StagingStream:
             if any(self._joins[b]["result"] is None for b in members):
                 break
             if self.planner is not None and not self.stopped:
-                flush = g in (0, len(self.groups) - 1)
-                parts += self.planner.add([(b, self._bucket(b)) for b in members], g, flush)
+                parts += self.planner.add([(b, self._bucket(b)) for b in members], g, g == len(self.groups) - 1,
+                                          at_least=FIRST_PARTITIONS if g == 0 else 0)
             self.planned_groups += 1
         self.plan_s += time.perf_counter() - t0
         return parts
