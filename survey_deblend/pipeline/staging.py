@@ -8,8 +8,8 @@ their id hashes to a hash file. The client keeps counts only: rows per (ID range
 both layouts share: the rows of a partition as slices of those files (``StagedRows``; the partition task reads
 them itself), a partition's id checksum from two prefix sums per slice, and the summary (``StagedSelection``):
 
-- ``per_range`` (catalogs sorted by ID, streamed): a range's partitions are its rows of each key split in
-  near-equal chunks (``range_partitions``), planned as soon as that range is joined;
+- ``per_range`` (catalogs sorted by ID, streamed): the groups of ranges are planned in turn as they are joined
+  (``KeyPlanner``: a key once it has ``partition_rows`` rows pending), names ``<key>-r<group>-<n>``;
 - per key (catalogs that are not): the ranges follow ID order, so a key's rows in ID order are its rows of range
   0, then of range 1, ...: the partitions of ``plan.plan_partitions`` (a key's rows in ID order, split in
   near-equal chunks, the client path's) are slices of those files, planned once every range is joined.

@@ -1,22 +1,23 @@
 """Staging as a stream: ID ranges are joined, and their partitions planned, while the catalog is still being staged.
 
 The join of a range of IDs needs every copy of those IDs, in the shear catalog and in the gold catalog. In a
-catalog sorted by ID (the DES files are row-matched in ID order; so are the synthetic ones) a chunk's IDs all
-come after those of the chunks before it, so once shear chunks 0..k are staged, every ID below the largest of
-them is in hand, and the range up to it can be joined (once the gold chunks staged so far reach as far) while
-the later chunks are still being read. Its partitions (its rows of each locality key in near-equal chunks,
-``staging.range_partitions``) depend on no later range, so the run submits them right away: the first partition
-no longer waits for the whole catalog.
+catalog sorted by ID (the DES files are row-matched in ID order; the synthetic ones are sorted) a chunk's IDs all
+come after those of the chunks before it, so once shear chunks 0..k are staged every ID up to the largest of them
+is in hand, and that range can be joined (once the gold chunks staged so far reach as far) while later chunks are
+still being read: one join per shear chunk, each launched as soon as it can be, ahead of the staging still queued
+(Dask priorities). The ranges come in groups of 1, 2, 4, 8, ... chunks (``range_groups``); once a group is joined
+``staging.KeyPlanner`` plans what it can (keys with ``partition_rows`` rows pending; at least a few partitions from
+the first group; everything at the last), so the first partition no longer waits for the whole catalog, and a key
+spread over the whole sky is not cut into a partition per range.
 
 Nothing about a chunk is known before it is read, so the order is an assumption checked as each chunk comes in
-(``_Chunks.add``: its smallest ID must not be below the largest ID of the chunks before it in the file). The ranges
-follow the shear chunks (``range_groups``: 1, 2, 4, then 8 chunks per range, so the first range is small and the
-count of ranges, hence of partitions per key, grows slowly), and chunking depends on the catalog and the
-configuration only (``staging.task_rows``), so a re-run finds the same ranges and partitions. If a chunk breaks
-the order the stream falls back to the barrier: the parts written so far are removed (``restart``), and once every
-chunk is staged the ranges are placed at quantiles of the ID samples and the partitions are those of the whole
-catalog (``plan.plan_partitions``' layout), as for any catalog that is not sorted. Whether a run streams is thus
-a property of the catalog, not of timing, so resume and re-runs plan the same partitions.
+(``_Chunks.add``: its smallest ID must not be below the largest ID of the chunks before it in the file). Chunking
+depends on the catalog and the configuration only (``staging.task_rows``), so a re-run finds the same ranges and
+partitions. If a chunk breaks the order the stream falls back to the barrier: the parts written so far are
+removed (``take_restart``), and once every chunk is staged the ranges are placed at quantiles of the ID samples and
+the partitions are those of the whole catalog (``plan.plan_partitions``' layout), as for any catalog that is not
+sorted. Whether a run streams is thus a property of the input, not of timing, so resumes and re-runs plan the
+same partitions.
 
 Errors are those of ``select_galaxies``, in the same order (the shear catalog's, repeated IDs, bad gold
 positions, an empty selection), raised once every chunk and join is done (a repeated ID needs every range for the

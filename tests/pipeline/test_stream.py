@@ -143,3 +143,27 @@ def test_repeated_ids_end_the_run_with_the_client_line(sorted_paths, small_field
     assert str(staged_side.value) == str(client_side.value) and "repeats: 2 selected rows" in str(client_side.value)
     if where == "last":  # the earlier ranges' partitions ran and are kept
         assert len(list((tmp_path / "out" / "_done").glob("*.json"))) > 0
+
+
+def test_key_planner_carries_a_small_key_and_starts_with_the_largest(tmp_path):
+    from survey_deblend.pipeline.plan import format_checksum
+    from survey_deblend.pipeline.staging import KeyPlanner
+
+    counts = {"a": 30, "b": 5}  # rows of each key in every range (the rows file holds "a" then "b")
+    buckets = []
+    for b in range(4):
+        weights = np.arange(1, 36, dtype=np.uint64) + np.uint64(100 * b)  # stand-ins for the ids' hashes
+        np.save(tmp_path / f"hash-{b}.npy", np.concatenate([[np.uint64(0)], np.cumsum(weights, dtype=np.uint64)]))
+        buckets.append({"rows": f"rows-{b}.npy", "hashes": f"hash-{b}.npy", "keys": list(counts),
+                        "counts": list(counts.values())})
+    planner = KeyPlanner(tmp_path, max_rows=50)
+    first = planner.add([(0, buckets[0])], 0, flush=False, at_least=1)
+    assert [(p.partition_id, p.n_rows) for p in first] == [("a-r0000-0000", 30)]  # the largest key starts
+    second = planner.add([(1, buckets[1]), (2, buckets[2])], 1, flush=False)
+    assert [(p.partition_id, p.n_rows) for p in second] == [("a-r0001-0000", 30), ("a-r0001-0001", 30)]
+    last = planner.add([(3, buckets[3])], 2, flush=True)
+    assert [(p.partition_id, p.n_rows) for p in last] == [("a-r0002-0000", 30), ("b-r0002-0000", 20)]
+    b_slices = last[1].rows.slices  # "b" carried over all four ranges, in ID order: one partition of 20 rows
+    assert [(path.rsplit("/", 1)[-1], start, stop) for path, start, stop in b_slices] == [
+        (f"rows-{b}.npy", 30, 35) for b in range(4)]
+    assert last[1].ids_checksum == format_checksum(sum(sum(range(31 + 100 * b, 36 + 100 * b)) for b in range(4)))
