@@ -124,24 +124,26 @@ def test_a_late_chunk_out_of_order_falls_back_to_the_barrier(sorted_paths, small
     pd.testing.assert_frame_equal(_rows(tmp_path / "out"), _rows(tmp_path / "client"))
 
 
-@pytest.mark.parametrize("where", ["far", "last"])
-def test_repeated_ids_end_the_run_with_the_client_line(sorted_paths, small_field, checkpoint, runner, tmp_path,
+@pytest.mark.parametrize("where", ["far", "last", "gold"])
+def test_input_errors_end_the_run_with_the_client_line(sorted_paths, small_field, checkpoint, runner, tmp_path,
                                                        where):
     frames = catalog_frames(n=N, seed=3)
     im3 = frames.im3shape
     selected = select_galaxies(_config(sorted_paths)).table["coadd_objects_id"].to_numpy()
     if where == "far":  # a galaxy of the first chunk repeated at the end of the file
-        extra = im3[im3["COADD_OBJECTS_ID"] == selected[2]]
-    else:  # the last selected galaxy twice, in ID order: the stream goes on until the last range
-        extra = im3[im3["COADD_OBJECTS_ID"] == selected[-1]]
-    frames.im3shape = pd.concat([im3, extra], ignore_index=True)
-    paths = write_frames(tmp_path / "repeats", frames)
+        frames.im3shape = pd.concat([im3, im3[im3["COADD_OBJECTS_ID"] == selected[2]]], ignore_index=True)
+    elif where == "last":  # the last selected galaxy twice, in ID order: the stream goes on until the last range
+        frames.im3shape = pd.concat([im3, im3[im3["COADD_OBJECTS_ID"] == selected[-1]]], ignore_index=True)
+    else:  # a bad position late in the gold catalog
+        frames.gold.loc[len(frames.gold) - 700, "DEC"] = 95.0
+    paths = write_frames(tmp_path / "bad", frames)
     with pytest.raises(InputError) as client_side:
         select_galaxies(_config(paths))
     with pytest.raises(InputError) as staged_side:
         runner(paths, small_field, checkpoint, tmp_path / "out")
-    assert str(staged_side.value) == str(client_side.value) and "repeats: 2 selected rows" in str(client_side.value)
-    if where == "last":  # the earlier ranges' partitions ran and are kept
+    assert str(staged_side.value) == str(client_side.value)
+    assert ("DEC" if where == "gold" else "repeats: 2 selected rows") in str(client_side.value)
+    if where != "far":  # the partitions of the ranges before it ran and are kept
         assert len(list((tmp_path / "out" / "_done").glob("*.json"))) > 0
 
 
