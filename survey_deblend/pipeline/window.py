@@ -118,6 +118,7 @@ def run_window(
                 drain()
                 queue.clear()
                 result.planned.clear()
+                result.failures.clear()  # of partitions that are thrown away
                 result.n_resumed = 0
                 progress.reset()
                 plan.remove_parts()
