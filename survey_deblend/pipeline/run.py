@@ -48,10 +48,8 @@ from survey_deblend.pipeline.tasks import (
     process_partition,
     write_partition,
 )
-from survey_deblend.pipeline.window import WINDOW_MIN, in_flight_window, run_window
+from survey_deblend.pipeline.window import WINDOW_MIN, in_flight_window, run_window  # noqa: F401 (re-exported)
 from survey_deblend.schema import CATALOG_COLUMNS
-
-__all__ = ["WINDOW_MIN", "RunSummary", "in_flight_window", "run", "verify_output"]
 
 
 @dataclass
