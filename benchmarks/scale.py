@@ -5,8 +5,9 @@ For each size (1 M, 10 M, 100 M rows; ``--quick`` stops at 10 M) the im3shape an
 sit in memory) and kept in ``--workdir`` (``--delete-after`` removes each size's files once measured); then the
 run goes in a fresh process (so the client's peak RSS is its own) on a LocalCluster of 2 single-thread workers.
 Catalogs of at least ``output.stage_min_rows`` rows (``--stage-min-rows``; default the configuration's) are
-selected by the workers into the output's staging area (``pipeline.staging``), smaller ones on the client. ONLY IN THIS
-BENCHMARK the cutouts and the inference are replaced by trivial stand-ins (``scale_parts.py``: 1-pixel zero
+selected by the workers into the output's staging area (``pipeline.stream``; these catalogs are sorted by ID, so
+the partitions of the first ID ranges run while the rest is staged: ``streamed``), smaller ones on the client.
+ONLY IN THIS BENCHMARK the cutouts and the inference are replaced by trivial stand-ins (``scale_parts.py``: 1-pixel zero
 stamps, NaN predictions), so the figures are those of selection, planning, the scheduler and the client, not of
 the model. Prints one JSON line per size with ``client_peak_rss_mb`` (the client process, which on a
 LocalCluster also hosts the scheduler), ``scheduler_peak_tasks``, ``first_partition_s`` (start of ``run`` to the
@@ -91,6 +92,15 @@ class RssSampler(threading.Thread):
         return round(before[-1]) if before else None
 
 
+def _streamed(out: Path) -> bool:
+    """Whether the run's staging streamed (ID-sorted catalogs: partitions planned per group of ID ranges)."""
+    from survey_deblend.pipeline.plan import STAGING_DIR
+    from survey_deblend.pipeline.staging import SUMMARY_NAME
+
+    summary = out / STAGING_DIR / SUMMARY_NAME
+    return summary.is_file() and bool(json.loads(summary.read_text()).get("per_range"))
+
+
 def one_size(workdir: Path, n: int, stage_min_rows: int | None = None) -> dict:
     """One run over the catalogs of ``n`` rows in this process; the figures of the issue."""
     sys.path.insert(0, str(HERE))
@@ -135,7 +145,8 @@ def one_size(workdir: Path, n: int, stage_min_rows: int | None = None) -> dict:
         "select_s": round(summary.timings["select_s"], 2),
         "select_cpu_s": round(summary.timings["select_cpu_s"], 2), "plan_s": round(summary.timings["plan_s"], 2),
         "verify_s": round(summary.timings["verify_s"], 2), "total_s": round(seconds, 1),
-        "staged": n >= config.output.stage_min_rows, "catalog_write_s": paths["write_s"],
+        "staged": n >= config.output.stage_min_rows, "streamed": _streamed(workdir / f"out-{n}"),
+        "catalog_write_s": paths["write_s"],
         "catalog_write_peak_rss_mb": paths.get("write_peak_rss_mb"), "load_avg_1m": round(os.getloadavg()[0], 2),
         "inference": "trivial stand-in (benchmarks/scale_parts.py): NaN predictions, 1-pixel zero stamps",
     }

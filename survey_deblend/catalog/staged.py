@@ -8,8 +8,9 @@ three kinds of task, each reading and writing its own files (``pipeline.staging`
    the selection's dtypes sorted by ID into a file, plus a sample of their IDs;
 2. ``stage_position_chunk``: one row range of the gold (or wlinfo) catalog, positions checked, ID, row number,
    RA/DEC (and the gold quality columns) sorted by ID into a file;
-3. ``join_bucket``: one range of IDs (bounds chosen on the client from the samples): the slice of that range of
-   every shear file and every gold file (binary search on memory-mapped files), the repeated-ID check, the join
+3. ``join_bucket``: one range of IDs (bounds chosen on the client from the chunks' ID spans, ``lo``/``hi``, or
+   from the samples, ``pipeline.stream``): the slice of that range of every shear and gold file that can hold
+   those IDs (binary search on memory-mapped files), the repeated-ID check, the join
    (first gold occurrence wins, repeats counted), the gold quality cut. Every copy of an ID lies in one range,
    so the counts summed over ranges are those of ``select_galaxies`` on the whole catalog, and so are the rows.
 """
@@ -67,7 +68,8 @@ def id_slice(array: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
 def stage_shear_chunk(reader: CatalogReader, start: int, stop: int, cuts: list[Cut], path: Path) -> dict:
     """Cut rows ``[start, stop)`` of the shear catalog, write the passing ones (ID-sorted) to ``path``.
 
-    Returns ``counts`` (rows in, then left after each cut), ``n`` and ``samples`` (IDs spread over the sorted rows).
+    Returns ``counts`` (rows in, then left after each cut), ``n``, ``samples`` (IDs spread over the sorted rows)
+    and the ``id_span`` of the passing rows.
     """
     chunk = reader.read(SHEAR_COLUMNS, start, stop)
     kept, counts = apply_cuts(chunk, cuts)
@@ -79,7 +81,15 @@ def stage_shear_chunk(reader: CatalogReader, start: int, stop: int, cuts: list[C
     save_atomic(path, rows)
     picks = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), N_SAMPLES)).astype(np.int64))
     return {"counts": [int(c) for c in counts], "n": len(rows),
-            "samples": rows["coadd_objects_id"][picks].tolist()}
+            "samples": rows["coadd_objects_id"][picks].tolist(), **id_span(rows["coadd_objects_id"])}
+
+
+def id_span(ids: np.ndarray) -> dict:
+    """``lo`` and ``hi``, the smallest and largest ID of a chunk (None when it is empty): what the client needs to
+    know which chunks an ID range can draw rows from (``pipeline.stream``)."""
+    if len(ids) == 0:
+        return {"lo": None, "hi": None}
+    return {"lo": int(np.min(ids)), "hi": int(np.max(ids))}
 
 
 def position_dtype(quality: bool, reader: CatalogReader) -> np.dtype:
@@ -97,16 +107,17 @@ def stage_position_chunk(reader: CatalogReader, start: int, stop: int, quality: 
     """
     names = POSITION_COLUMNS + (GOLD_QUALITY_COLUMNS if quality else [])
     chunk = reader.read(names, start, stop)
+    span = id_span(chunk[ID].to_numpy())
     try:
         check_positions(chunk, reader.path)
     except InputError as exc:
-        return {"n": 0, "error": str(exc)}
+        return {"n": 0, "error": str(exc), **span}
     rows = np.empty(len(chunk), dtype=position_dtype(quality, reader))
     for name in names:
         rows[name] = chunk[name].to_numpy()
     rows[ROW] = chunk.index.to_numpy(np.int64)
     save_atomic(path, rows[np.argsort(rows[ID], kind="stable")])
-    return {"n": len(rows)}
+    return {"n": len(rows), **span}
 
 
 def _sorted_concat(parts: list[np.ndarray], id_name: str) -> np.ndarray:

@@ -108,10 +108,11 @@ def plan_partitions(table: pd.DataFrame, keys: np.ndarray, max_rows: int) -> lis
     return partitions
 
 
-def partition_id(key: str, chunk: int) -> str:
-    """``<key>-<chunk>``, the key's unsafe filename characters replaced: the name of a part file."""
+def partition_id(key: str, chunk: int, id_range: int | None = None) -> str:
+    """``<key>-<chunk>``, the key's unsafe filename characters replaced: the name of a part file. A partition of
+    one ID range of a streamed staging (``pipeline.stream``) is ``<key>-r<range>-<chunk>``."""
     safe = _UNSAFE.sub("_", key).lstrip(".") or "nokey"
-    return f"{safe}-{chunk:04d}"
+    return f"{safe}-{chunk:04d}" if id_range is None else f"{safe}-r{id_range:04d}-{chunk:04d}"
 
 
 def chunk_sizes(n_rows: int, max_rows: int) -> np.ndarray:
@@ -180,6 +181,16 @@ class ResumePlan:
         """Part files whose partition is not in ``keep`` (should not exist for one configuration)."""
         wanted = {self.part_path(p).name for p in keep}
         return [p for p in self.out_dir.glob(f"{PART_PREFIX}*.parquet") if p.name not in wanted]
+
+    def remove_parts(self) -> int:
+        """Remove every part file and done-marker (not the manifest, not the staging area); returns how many
+        parts. For a streamed staging that found its catalog not sorted after all (``pipeline.stream``)."""
+        parts = list(self.out_dir.glob(f"{PART_PREFIX}*.parquet"))
+        for path in parts:
+            path.unlink(missing_ok=True)
+        if self.done_dir.is_dir():
+            shutil.rmtree(self.done_dir)
+        return len(parts)
 
     def reset(self) -> None:
         """Remove everything a run wrote here (parts, markers, manifest, temporaries), nothing else."""

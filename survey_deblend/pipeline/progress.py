@@ -35,6 +35,10 @@ class ProgressLine:
         self._last_decile = decile
         self.stream.flush()
 
+    def reset(self) -> None:
+        """Back to nothing planned and nothing done (a staging stream that starts over)."""
+        self.n_partitions = self.n_galaxies = self.done_partitions = self.done_galaxies = 0
+
     def close(self) -> None:
         if self.enabled and self.tty:
             self.stream.write("\n")

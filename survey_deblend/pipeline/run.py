@@ -1,18 +1,21 @@
 """``run(config, client)``: the futures graph of ``survey-deblend run`` (DESIGN.md, "The run").
 
 A shear catalog of at least ``output.stage_min_rows`` rows is selected by the workers into ``out/_staging``
-(``pipeline.staging``): the client plans the partitions from counts, each partition task reads its own rows there
-and its source chooses the tiles. A smaller one is selected on the client (faster at that size); the tile choice is
-then made once by the source's ``plan`` (sliced per partition when it is submitted, it travels with the partition's
-task). Either way the partitions are the same: per locality key, in ID order, split into near-equal chunks.
+(``pipeline.stream``, ``pipeline.staging``): the client plans the partitions from counts, each partition task reads
+its own rows there and its source chooses the tiles. For a catalog sorted by ID the partitions of each ID range are
+planned and submitted as soon as that range is joined, while the rest is still being staged (per (range, key));
+otherwise once everything is staged, per key as below. A smaller catalog is selected on the client (faster at that
+size); the tile choice is then made once by the source's ``plan`` (sliced per partition when it is submitted, it
+travels with the partition's task), and the partitions are per locality key, in ID order, in near-equal chunks.
+Either way the rows written, and every value in them, are the same.
 The source goes to every worker once (the result of one task every task needing it names, never pickled into each
-task). On CPU workers each partition is
-one fused task (``process_partition``: fetch -> predict -> write, the stamps never travel between workers); with
-GPU workers ``fetch_partition`` -> ``predict_partition`` (``resources={"GPU": 1}``) -> ``write_partition``. A bounded
-window of partitions is in flight and refills as parts finish, so the scheduler holds a few tasks per worker
-thread, not one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the
-end the output is checked against the plan from the part files' footers (row counts) and the done-markers (status
-counts, id checksums) without reading any id back; the manifest records counts and timings.
+task). On CPU workers each partition is one fused task (``process_partition``: fetch -> predict -> write, the
+stamps never travel between workers); with GPU workers ``fetch_partition`` -> ``predict_partition``
+(``resources={"GPU": 1}``) -> ``write_partition``. A bounded window of partitions is in flight and refills as parts
+finish (``pipeline.window``), so the scheduler holds the staging tasks and a few partitions per worker thread, not
+one chain per partition. Finished partitions are skipped on a re-run of the same configuration; at the end the
+output is checked against the plan from the part files' footers (row counts) and the done-markers (status counts,
+id checksums) without reading any id back; the manifest records counts and timings.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 import pyarrow.parquet as pq
-from distributed import Client, as_completed
+from distributed import Client
 
 from survey_deblend.cluster import cluster_has_gpu_workers
 from survey_deblend.config.run import RunConfig
@@ -36,7 +39,8 @@ from survey_deblend.pipeline.manifest import config_hash, prepare_output, write_
 from survey_deblend.pipeline.plan import PART_PREFIX, Partition, ResumePlan, plan_partitions
 from survey_deblend.pipeline.plugin import PredictorPlugin, ensure_plugin
 from survey_deblend.pipeline.progress import ProgressLine, format_summary
-from survey_deblend.pipeline.staging import StagedPartition, stage_selection
+from survey_deblend.pipeline.staging import StagedPartition
+from survey_deblend.pipeline.stream import PARTITION_PRIORITY, StagingStream
 from survey_deblend.pipeline.tasks import (
     fetch_partition,
     partition_rows,
@@ -44,10 +48,8 @@ from survey_deblend.pipeline.tasks import (
     process_partition,
     write_partition,
 )
+from survey_deblend.pipeline.window import WINDOW_MIN, in_flight_window, run_window  # noqa: F401 (re-exported)
 from survey_deblend.schema import CATALOG_COLUMNS
-
-WINDOW_PER_THREAD = 2  # partitions in flight per worker thread
-WINDOW_MIN = 4
 
 
 @dataclass
@@ -87,12 +89,6 @@ def _source(source: Any) -> Any:
     return source
 
 
-def in_flight_window(client: Client) -> int:
-    """Partitions in flight at once: two per worker thread (one running, one queued), at least 4."""
-    threads = sum(client.nthreads().values()) if client.scheduler_info().get("workers") else 0
-    return max(WINDOW_MIN, WINDOW_PER_THREAD * threads)
-
-
 def _submit_partition(
     client: Client, partition: Partition | StagedPartition, table: pd.DataFrame | None, choice: Any, source: Any,
     size_pix: int, config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool,
@@ -112,18 +108,21 @@ def _submit_partition(
             process_partition, source, rows, choice, size_pix, config.model.measure_recon, out, pid,
             partition.tile, model.model_id, run_id, None, config.model.metacal, **mcal,
             margin_arcsec=config.model.fetch_margin_arcsec, key=f"partition-{run_id}-{pid}", retries=2, pure=False,
+            priority=PARTITION_PRIORITY,
         )
     if table is None:  # read the staged rows once, in a task the three stages name
-        rows = client.submit(partition_rows, rows, key=f"rows-{run_id}-{pid}", retries=2, pure=False)
+        rows = client.submit(partition_rows, rows, key=f"rows-{run_id}-{pid}", retries=2, pure=False,
+                             priority=PARTITION_PRIORITY)
     stamps = client.submit(fetch_partition, source, rows, size_pix, choice, config.model.fetch_margin_arcsec,
-                           key=f"fetch-{run_id}-{pid}", retries=2, pure=False)
+                           key=f"fetch-{run_id}-{pid}", retries=2, pure=False, priority=PARTITION_PRIORITY)
     predictions = client.submit(
         predict_partition, stamps, config.model.measure_recon, rows, config.model.metacal, **mcal,
         key=f"predict-{run_id}-{pid}", resources={"GPU": 1} if gpu else None, retries=1, pure=False,
+        priority=PARTITION_PRIORITY,
     )
     return client.submit(
         write_partition, out, pid, rows, partition.tile, predictions, model.model_id, run_id,
-        key=f"write-{run_id}-{pid}", retries=2, pure=False,
+        key=f"write-{run_id}-{pid}", retries=2, pure=False, priority=PARTITION_PRIORITY,
     )
 
 
@@ -184,51 +183,6 @@ def source_task(client: Client, source: Any, run_id: str) -> Any:
     return client.submit(_source, source, key=f"source-{run_id}", pure=False, retries=2)
 
 
-def _run_window(
-    client: Client, todo: list, table: pd.DataFrame | None, choice: Any, source_future: Any, size_pix: int,
-    config: RunConfig, model: ModelInfo, run_id: str, chain: bool, gpu: bool, progress: ProgressLine,
-) -> tuple[dict[str, float], list[str]]:
-    """Submit ``todo`` through a window of ``in_flight_window`` partitions, refilled as each finishes.
-
-    ``table`` None: the partitions are staged (``StagedPartition``) and their tasks read their rows. Returns the
-    summed stage seconds of the fused tasks (``fetch_s``, ``predict_s``, ``write_s``) and a line per failed
-    partition (the others are kept).
-    """
-    stage_s = {"fetch_s": 0.0, "predict_s": 0.0, "write_s": 0.0}
-    failures: list[str] = []
-    if not todo:
-        return stage_s, failures
-    pending = iter(todo)
-    window = in_flight_window(client)
-    futures: dict[Any, Partition] = {}
-
-    def submit_next() -> Any:
-        partition = next(pending, None)
-        if partition is None:
-            return None
-        future = _submit_partition(client, partition, table, choice, source_future, size_pix, config, model,
-                                   run_id, chain, gpu)
-        futures[future] = partition
-        return future
-
-    running = as_completed([f for f in (submit_next() for _ in range(window)) if f is not None])
-    for future in running:
-        partition = futures.pop(future)
-        try:
-            info = future.result()
-        except Exception as exc:  # report every failed partition at the end, keep the finished ones
-            failures.append(f"partition {partition.partition_id}: {type(exc).__name__}: {exc}")
-        else:
-            progress.update(galaxies=int(info["n_rows"]))
-            for name in stage_s:
-                stage_s[name] += float(info.get(name, 0.0))
-        future.release()
-        refill = submit_next()
-        if refill is not None:
-            running.add(refill)
-    return stage_s, failures
-
-
 def run(
     config: RunConfig, client: Client, stream: TextIO | None = None, inputs: RunInputs | None = None,
     source: Any = None, fuse: bool | None = None, plugin: PredictorPlugin | None = None,
@@ -245,7 +199,7 @@ def run(
     from survey_deblend.catalog import select_galaxies
     from survey_deblend.cutouts import open_source
 
-    stream = stream or sys.stderr
+    stream_out = stream or sys.stderr
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out_dir = Path(config.output.out)
@@ -256,71 +210,75 @@ def run(
     cache_dir = config.images.cache_dir or out_dir / "_cache"
 
     staged = stages_on_workers(config)
-    source_future = None
-    if staged:  # the workers select into out/_staging; the client keeps counts (pipeline.staging)
+    source_future = staging = None
+    todo: list = []
+    table = choice = None
+    if staged:  # the workers select into out/_staging while the partitions of joined ID ranges run
         if source is None:
             source = open_source(config.images.source, config.images, cache_dir=cache_dir)
-        source_future = source_task(client, source, run_id)
-        t0 = time.perf_counter()
-        staging = stage_selection(client, config.catalog, source_future, out_dir, manifest["config_hash"])
-        cut_flow, table, choice = staging.cut_flow, None, None
-        timings["select_s"] = time.perf_counter() - t0
-        timings["select_cpu_s"] = staging.cpu_s  # on the workers
-        print(cut_flow.format(), file=stream)
-        t0 = time.perf_counter()
         size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
-        partitions: list = staging.partitions(config.output.partition_rows)
-        n_selected = staging.n_selected
+        source_future = source_task(client, source, run_id)
+        staging = StagingStream(client, config.catalog, source_future, out_dir, manifest["config_hash"],
+                               config.output.partition_rows)
+        print("selecting on the workers (out/_staging); partitions start as ID ranges are joined", file=stream_out)
     else:
         t0, cpu0 = time.perf_counter(), time.process_time()
         selection = select_galaxies(config.catalog)
         table, cut_flow = selection.table.reset_index(drop=True), selection.cut_flow
-        n_selected = len(table)
         timings["select_s"] = time.perf_counter() - t0
         timings["select_cpu_s"] = time.process_time() - cpu0  # on the client
-        print(cut_flow.format(), file=stream)
+        print(cut_flow.format(), file=stream_out)
         t0 = time.perf_counter()
         if source is None:
             source = open_source(config.images.source, config.images, cache_dir=cache_dir)
         size_pix = stamp_size_pix(config, model, float(source.pixel_scale_arcsec))
-        partitions, choice = plan_run(source, table, size_pix, config.output.partition_rows)
-    timings["plan_s"] = time.perf_counter() - t0
-
-    plan = ResumePlan(out_dir)
-    done = plan.done()
-    todo = [p for p in partitions if p.partition_id not in done]
-    manifest.update(
-        cut_flow=cut_flow.to_dict(), n_selected=n_selected, n_partitions=len(partitions),
-        stamp_size_pix=size_pix, model_path=str(model.path),
-    )
+        todo, choice = plan_run(source, table, size_pix, config.output.partition_rows)
+        timings["plan_s"] = time.perf_counter() - t0
+        manifest.update(cut_flow=cut_flow.to_dict(), n_selected=len(table), n_partitions=len(todo))
+    manifest.update(stamp_size_pix=size_pix, model_path=str(model.path))
     write_manifest(out_dir, manifest)
 
     gpu = cluster_has_gpu_workers(client)
     fused = (not gpu) if fuse is None else bool(fuse)
-    print(f"dashboard: {client.dashboard_link}", file=stream)
-    print(
-        f"{n_selected:,} galaxies in {len(partitions)} partitions ({len(done)} already done); "
-        f"inference on {'GPU' if gpu else 'CPU'} workers; output {out_dir}",
-        file=stream,
-    )
+    print(f"dashboard: {client.dashboard_link}", file=stream_out)
+    print(f"inference on {'GPU' if gpu else 'CPU'} workers; output {out_dir}", file=stream_out)
     plugin = plugin or PredictorPlugin(
         model.path, config.model.device, config.model.bf16, config.model.compile, model_id=model.model_id,
         batch_size=config.model.batch_size,
     )
     ensure_plugin(client, plugin)
 
+    def on_selected(selection: Any) -> None:  # a staging finished: its cut flow, as the client path prints it
+        timings["select_s"] = time.perf_counter() - t_start
+        timings["select_cpu_s"] = selection.cpu_s  # on the workers
+        print(selection.cut_flow.format(), file=stream_out)
+        manifest.update(cut_flow=selection.cut_flow.to_dict(), n_selected=selection.n_selected)
+        write_manifest(out_dir, manifest)
+
+    plan = ResumePlan(out_dir)
     t0 = time.perf_counter()
-    progress = ProgressLine(len(partitions), n_selected, stream=stream, enabled=config.output.progress)
-    progress.update(partitions=len(done), galaxies=sum(int(d.get("n_rows", 0)) for d in done.values()))
+    progress = ProgressLine(0, 0, stream=stream_out, enabled=config.output.progress)
     if source_future is None and todo:
         source_future = source_task(client, source, run_id)
-    stage_s, failures = _run_window(client, todo, table, choice, source_future, size_pix, config, model, run_id,
-                                    not fused, gpu, progress)
+
+    def submit(partition: Partition | StagedPartition) -> Any:
+        return _submit_partition(client, partition, table, choice, source_future, size_pix, config, model, run_id,
+                                 not fused, gpu)
+
+    window = run_window(client, submit, todo, staging, plan, progress, on_selected)
     if source_future is not None:
         source_future.release()
     progress.close()
+    partitions, failures = window.planned, window.failures
+    n_selected = sum(p.n_rows for p in partitions)
+    if staging is not None:
+        timings["plan_s"] = staging.plan_s
+        cut_flow = staging.selection.cut_flow
     timings["partitions_s"] = time.perf_counter() - t0
-    timings.update(stage_s)
+    timings.update(window.stage_s)
+    manifest.update(n_selected=n_selected, n_partitions=len(partitions))
+    print(f"{n_selected:,} galaxies in {len(partitions)} partitions ({window.n_resumed} already done)",
+          file=stream_out)
     if failures:
         raise SurveyDeblendError(
             f"{len(failures)} partitions failed (finished ones are kept; re-run to resume); first: {failures[0]}"
@@ -333,7 +291,7 @@ def run(
     seconds = time.perf_counter() - t_start
     timings["total_s"] = seconds
     manifest.update(
-        state="complete", counts=counts, timings=timings, n_resumed=len(done),
+        state="complete", counts=counts, timings=timings, n_resumed=window.n_resumed,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         galaxies_per_s=n_selected / seconds if seconds > 0 else None,
         parts=sorted(f"{PART_PREFIX}{p.partition_id}.parquet" for p in partitions),
@@ -341,8 +299,8 @@ def run(
     write_manifest(out_dir, manifest)
     summary = RunSummary(
         out=out_dir, run_id=run_id, model_id=model.model_id, n_selected=n_selected, counts=counts,
-        n_partitions=len(partitions), n_resumed=len(done), seconds=seconds, timings=timings,
+        n_partitions=len(partitions), n_resumed=window.n_resumed, seconds=seconds, timings=timings,
         cut_flow=cut_flow.to_dict(),
     )
-    print(summary.format(), file=stream)
+    print(summary.format(), file=stream_out)
     return summary

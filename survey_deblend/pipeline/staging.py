@@ -1,25 +1,28 @@
 """The selection staged by the workers, and partitions planned from its counts: a client that stays small.
 
 For a large shear catalog ``run`` does not call ``select_galaxies`` (which gathers the selection in one process)
-but ``stage_selection``: the catalog stage's chunk tasks (``catalog.staged``) cut the shear catalog and index the
-gold catalog into files under ``out/_staging/``, then one join task per range of IDs writes its selected rows,
-with their locality keys, to ``rows-<b>.npy`` sorted by (key, ID), and the prefix sums of their id hashes to
-``hash-<b>.npy``. The client keeps counts only: rows per (ID range, key). Since the ranges follow ID order, a
-key's rows in ID order are its rows of range 0, then of range 1, ...: the partitions of ``plan.plan_partitions``
-(a key's rows in ID order, split in near-equal chunks) are computed from the counts as slices of those files,
-and each partition's id checksum from two prefix sums per slice. A partition task reads its slices itself
-(``StagedRows.read``). ``summary.json`` records the counts and the cut flow under the configuration hash, so a
-re-run of the same configuration plans from it without staging again.
+but stages it (``pipeline.stream``): the catalog stage's chunk tasks (``catalog.staged``) cut the shear catalog and
+index the gold catalog into files under ``out/_staging/``, then one join task per range of IDs (``join_task``)
+writes its selected rows, with their locality keys, to a rows file sorted by (key, ID), and the prefix sums of
+their id hashes to a hash file. The client keeps counts only: rows per (ID range, key). This module holds what
+both layouts share: the rows of a partition as slices of those files (``StagedRows``; the partition task reads
+them itself), a partition's id checksum from two prefix sums per slice, and the summary (``StagedSelection``):
+
+- ``per_range`` (catalogs sorted by ID, streamed): the groups of ranges are planned in turn as they are joined
+  (``KeyPlanner``: a key once it has ``partition_rows`` rows pending), names ``<key>-r<group>-<n>``;
+- per key (catalogs that are not): the ranges follow ID order, so a key's rows in ID order are its rows of range
+  0, then of range 1, ...: the partitions of ``plan.plan_partitions`` (a key's rows in ID order, split in
+  near-equal chunks, the client path's) are slices of those files, planned once every range is joined.
+
+``summary.json`` records the counts, the layout and the cut flow under the configuration hash, so a re-run of the
+same configuration plans from it without staging again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,32 +30,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from survey_deblend.catalog.cutflow import CutFlow, EmptySelectionError
-from survey_deblend.catalog.cuts import gold_quality_cut, shear_cuts
-from survey_deblend.catalog.match import repeated_ids_error
+from survey_deblend.catalog.cutflow import CutFlow
 from survey_deblend.catalog.staged import (
     SELECTION_DTYPE,
     join_bucket,
     load,
     save_atomic,
-    stage_position_chunk,
-    stage_shear_chunk,
 )
-from survey_deblend.config.catalog import CatalogConfig
-from survey_deblend.errors import InputError
 from survey_deblend.pipeline.plan import (
-    STAGING_DIR,
     check_unique_partition_ids,
     chunk_sizes,
     format_checksum,
     id_hashes,
     partition_id,
-    write_json_atomic,
 )
 from survey_deblend.schema import SELECTION_DTYPES
 
 SUMMARY_NAME = "summary.json"
-MIN_TASK_ROWS = 100_000  # a staging task never gets fewer rows than this just to keep threads busy
+MIN_TASK_ROWS = 100_000  # a staging task never gets fewer rows than this just to spread the work
+MIN_TASKS = 8  # chunks a catalog is cut into at least (as long as MIN_TASK_ROWS allows)
+FIRST_PARTITIONS = 8  # a streamed staging plans at least this many partitions from its first range
 
 
 @dataclass(frozen=True)
@@ -92,28 +89,75 @@ class StagedSelection:
 
     folder: Path
     cut_flow: CutFlow
-    buckets: list[dict[str, Any]]  # {"rows": file name, "hashes": file name, "keys": [...], "counts": [...]}
+    buckets: list[dict[str, Any]]  # {"rows": file, "hashes": file, "keys": [...], "counts": [...], "group": g}
     cpu_s: float = 0.0  # CPU seconds the staging tasks took on the workers (0 when reused)
+    per_range: bool = False  # a streamed staging: partitions planned group by group (``KeyPlanner``)
 
     @property
     def n_selected(self) -> int:
         return sum(sum(b["counts"]) for b in self.buckets)
 
     def partitions(self, max_rows: int) -> list[StagedPartition]:
-        """The partitions of ``plan.plan_partitions`` on the whole selection, as slices of the staged files."""
+        """Every partition of the selection, as slices of the staged files: when ``per_range``, those the stream
+        planned (the groups replayed in order), else those of ``plan.plan_partitions`` on the whole selection."""
+        planner = KeyPlanner(self.folder, max_rows)
+        if not self.per_range:
+            return planner.add(list(enumerate(self.buckets)), None, flush=True)
+        groups = sorted({int(b["group"]) for b in self.buckets})
+        partitions = []
+        for g in groups:
+            members = [(b, bucket) for b, bucket in enumerate(self.buckets) if bucket["group"] == g]
+            partitions += planner.add(members, g, flush=g == groups[-1], at_least=FIRST_PARTITIONS if g == 0 else 0)
+        check_unique_partition_ids(partitions)
+        return partitions
+
+
+class KeyPlanner:
+    """Partitions from counts, as ID ranges come in: a key's rows in ID order (its rows of range 0, then of range
+    1, ...: the ranges follow ID order), cut into near-equal chunks of at most ``max_rows``.
+
+    ``add`` takes the joins (buckets) of the next group of ranges and plans every key that has at least
+    ``max_rows`` rows not yet planned, or every key when ``flush`` (the last group); with ``at_least``, also the
+    keys with most rows pending until that many partitions are planned (the first group: partitions start at
+    once, whatever the sky order). Fed every bucket at once with ``flush`` it gives ``plan.plan_partitions``'
+    partitions; fed group by group, a key whose rows are contiguous in ID (a DES tile) is planned as soon as its
+    range is joined, and a key spread over the whole catalog (a random sky) still gets few, full partitions (a
+    tile read by few tasks). A function of the counts only, so a re-run plans the same partitions
+    (``StagedSelection.partitions`` replays it).
+    """
+
+    def __init__(self, folder: Path, max_rows: int) -> None:
         if max_rows < 1:
             raise ValueError("output.partition_rows must be at least 1")
-        pieces: dict[str, list[tuple[int, int, int]]] = {}  # key -> (bucket, start, stop) in ID order
-        for b, bucket in enumerate(self.buckets):
+        self.folder, self.max_rows = folder, max_rows
+        self.files: dict[int, str] = {}
+        self.prefixes: dict[int, np.ndarray] = {}
+        self.pending: dict[str, list[tuple[int, int, int]]] = {}  # key -> (bucket, start, stop), ID order
+
+    def add(self, buckets: list[tuple[int, dict[str, Any]]], label: int | None, flush: bool,
+            at_least: int = 0) -> list[StagedPartition]:
+        """The partitions planned once ``buckets`` (``(b, bucket)``, in ID order) are joined, named
+        ``<key>-r<label>-<chunk>`` (``<key>-<chunk>`` when ``label`` is None)."""
+        for b, bucket in buckets:
+            self.files[b] = str(self.folder / bucket["rows"])
+            self.prefixes[b] = load(self.folder / bucket["hashes"])
             start = 0
             for key, count in zip(bucket["keys"], bucket["counts"], strict=True):
-                pieces.setdefault(key, []).append((b, start, start + count))
+                if count:
+                    self.pending.setdefault(key, []).append((b, start, start + count))
                 start += count
+        totals = {key: sum(stop - start for _, start, stop in queue) for key, queue in self.pending.items()}
+        ready = {key for key, total in totals.items() if flush or total >= self.max_rows}
+        n_ready = sum(-(-totals[key] // self.max_rows) for key in ready)
+        for key in sorted(set(totals) - ready, key=lambda k: (-totals[k], k)):  # the largest keys first
+            if n_ready >= at_least:
+                break
+            ready.add(key)
+            n_ready += -(-totals[key] // self.max_rows)
         partitions = []
-        prefixes = [load(self.folder / bucket["hashes"]) for bucket in self.buckets]
-        for key in sorted(pieces):
-            queue = list(pieces[key])
-            for i, size in enumerate(chunk_sizes(sum(stop - start for _, start, stop in queue), max_rows)):
+        for key in sorted(ready):
+            queue, total = self.pending.pop(key), totals[key]
+            for i, size in enumerate(chunk_sizes(total, self.max_rows)):
                 slices, need = [], int(size)
                 while need:
                     b, start, stop = queue[0]
@@ -123,16 +167,14 @@ class StagedSelection:
                     queue[0] = (b, start + take, stop)
                     if start + take == stop:
                         queue.pop(0)
-                partitions.append(self._partition(key, i, slices, prefixes))
+                partitions.append(self._partition(key, i, label, slices))
         check_unique_partition_ids(partitions)
         return partitions
 
-    def _partition(
-        self, key: str, i: int, slices: list[tuple[int, int, int]], prefixes: list[np.ndarray]
-    ) -> StagedPartition:
-        total = sum(int(prefixes[b][stop]) - int(prefixes[b][start]) for b, start, stop in slices)
-        files = tuple((str(self.folder / self.buckets[b]["rows"]), start, stop) for b, start, stop in slices)
-        return StagedPartition(partition_id(key, i), key, StagedRows(files), format_checksum(total))
+    def _partition(self, key: str, i: int, label: int | None, slices: list[tuple[int, int, int]]) -> StagedPartition:
+        total = sum(int(self.prefixes[b][stop]) - int(self.prefixes[b][start]) for b, start, stop in slices)
+        files = tuple((self.files[b], start, stop) for b, start, stop in slices)
+        return StagedPartition(partition_id(key, i, label), key, StagedRows(files), format_checksum(total))
 
 
 def join_task(
@@ -180,16 +222,18 @@ def timed(fn: Any, *args: Any) -> dict:
     return {**result, "cpu_s": time.thread_time() - t0}
 
 
-def task_rows(chunk_rows: int, n_rows: int, threads: int) -> int:
-    """Rows per staging task: ``catalog.chunk_rows``, or fewer when that would leave worker threads idle (two
-    tasks per thread), though not fewer than ``MIN_TASK_ROWS``. The staged rows do not depend on it."""
-    return min(chunk_rows, max(MIN_TASK_ROWS, -(-n_rows // max(2 * threads, 1))))
+def task_rows(chunk_rows: int, n_rows: int) -> int:
+    """Rows per staging task: ``catalog.chunk_rows``, or fewer so that a catalog makes at least ``MIN_TASKS``
+    tasks, though not fewer than ``MIN_TASK_ROWS``. A function of the catalog and the configuration only (not of
+    the cluster): the ID ranges of a streamed staging, hence its partitions, follow the chunks, and a re-run on
+    another cluster must find the same partitions. The staged rows do not depend on it."""
+    return min(chunk_rows, max(MIN_TASK_ROWS, -(-n_rows // MIN_TASKS)))
 
 
-def _load_summary(folder: Path, digest: str) -> StagedSelection | None:
-    path = folder / SUMMARY_NAME
+def load_summary(folder: Path, digest: str) -> StagedSelection | None:
+    """The staging of the configuration hash ``digest`` in ``folder``, if it is complete; else None."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads((folder / SUMMARY_NAME).read_text())
     except (OSError, ValueError):
         return None
     if data.get("config_hash") != digest:
@@ -197,89 +241,4 @@ def _load_summary(folder: Path, digest: str) -> StagedSelection | None:
     buckets = data["buckets"]
     if not all((folder / b["rows"]).is_file() and (folder / b["hashes"]).is_file() for b in buckets):
         return None
-    return StagedSelection(folder, CutFlow.from_dict(data["cut_flow"]), buckets)
-
-
-def stage_selection(client: Any, cfg: CatalogConfig, source: Any, out_dir: Path, digest: str) -> StagedSelection:
-    """Select on the workers into ``out_dir/_staging`` (or reuse the staging of the same configuration hash).
-
-    ``source``: the cutout source (or the future of it) whose ``locality_keys`` the join tasks call. The same
-    errors as ``select_galaxies``, in the same order: the shear catalog's, repeated IDs, then bad positions.
-    """
-    from survey_deblend.catalog.release import resolve_release_files
-    from survey_deblend.catalog.select import match_step_name, new_cut_flow, open_inputs
-
-    folder = (out_dir / STAGING_DIR).resolve()
-    reused = _load_summary(folder, digest)
-    if reused is not None:
-        return reused
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    cfg = resolve_release_files(cfg)
-    shear, positions, _ = open_inputs(cfg)
-    # absolute paths: workers may start in another folder
-    shear, positions = (dataclasses.replace(r, path=r.path.resolve()) for r in (shear, positions))
-    flow = new_cut_flow(cfg, shear, positions, None)
-    token = f"{digest}-{uuid.uuid4().hex[:8]}"  # task keys of this staging only (an old failed one may linger)
-    cuts, quality = shear_cuts(cfg.cuts), cfg.cuts.gold_quality
-    threads = sum(client.nthreads().values())
-    shear_ranges = shear.chunk_ranges(task_rows(cfg.chunk_rows, shear.n_rows, threads))
-    position_ranges = positions.chunk_ranges(task_rows(cfg.chunk_rows, positions.n_rows, threads))
-    shear_files = [str(folder / f"shear-{k}.npy") for k in range(len(shear_ranges))]
-    position_files = [str(folder / f"positions-{j}.npy") for j in range(len(position_ranges))]
-    shear_futures = [
-        client.submit(timed, stage_shear_chunk, shear, start, stop, cuts, Path(path), key=f"stage-shear-{token}-{k}",
-                      retries=1, pure=False)
-        for k, ((start, stop), path) in enumerate(zip(shear_ranges, shear_files, strict=True))
-    ]
-    position_futures = [
-        client.submit(timed, stage_position_chunk, positions, start, stop, quality, Path(path),
-                      key=f"stage-positions-{token}-{j}", retries=1, pure=False)
-        for j, ((start, stop), path) in enumerate(zip(position_ranges, position_files, strict=True))
-    ]
-    shear_results = client.gather(shear_futures)
-    counts = np.sum([r["counts"] for r in shear_results], axis=0)
-    flow.add("rows in", counts[0])
-    for cut, count in zip(cuts, counts[1:], strict=True):
-        flow.add(cut.name, count)
-    if counts[-1] == 0:
-        client.cancel(position_futures)
-        raise EmptySelectionError(f"{shear.path}: every row was cut before the position match", flow)
-    position_results = client.gather(position_futures)
-    bounds = id_bounds(shear_results, task_rows(cfg.chunk_rows, int(counts[-1]), threads))
-    ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
-    staged_positions = [p for p, r in zip(position_files, position_results, strict=True) if "error" not in r]
-    quality_cut = gold_quality_cut(cfg.cuts) if quality else None
-    buckets = [{"rows": f"rows-{b}.npy", "hashes": f"hash-{b}.npy"} for b in range(len(ranges))]
-    join_futures = [
-        client.submit(timed, join_task, shear_files, staged_positions, lo, hi, quality_cut, source,
-                      str(folder / bucket["rows"]), str(folder / bucket["hashes"]), key=f"stage-join-{token}-{b}",
-                      retries=1, pure=False)
-        for b, ((lo, hi), bucket) in enumerate(zip(ranges, buckets, strict=True))
-    ]
-    joined = client.gather(join_futures)
-    repeated = [r for r in joined if r["repeated"]]
-    if repeated:
-        first = min(r["first_repeated"] for r in repeated)
-        raise repeated_ids_error(shear.path, sum(r["repeated"] for r in repeated), first[1])
-    errors = [r["error"] for r in position_results if "error" in r]
-    if errors:
-        raise InputError(errors[0])
-    found = sum(r["found"] for r in joined)
-    flow.gold_duplicate_ids = sum(r["gold_duplicate_ids"] for r in joined)
-    flow.unmatched = int(counts[-1]) - found
-    flow.add(match_step_name(cfg, positions), found)
-    if quality_cut is not None:
-        flow.add(quality_cut.name, sum(r["quality"] for r in joined))
-    if flow.rows_out == 0:
-        raise EmptySelectionError(
-            f"{shear.path}: every row was cut (none left after the {cfg.match} match in {positions.path})", flow
-        )
-    for bucket, result in zip(buckets, joined, strict=True):
-        bucket.update(keys=result["keys"], counts=result["counts"])
-    for path in shear_files + position_files:  # the join's inputs: the rows files hold all that is needed now
-        Path(path).unlink(missing_ok=True)
-    write_json_atomic(folder / SUMMARY_NAME, {"config_hash": digest, "cut_flow": flow.to_dict(), "buckets": buckets})
-    cpu_s = sum(r["cpu_s"] for r in shear_results + position_results + joined)
-    return StagedSelection(folder, flow, buckets, cpu_s)
-
+    return StagedSelection(folder, CutFlow.from_dict(data["cut_flow"]), buckets, per_range=bool(data.get("per_range")))

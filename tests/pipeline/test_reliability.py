@@ -57,9 +57,13 @@ def test_worker_killed_mid_run_still_completes_every_galaxy_once(small_field, ch
     _assert_complete(out, summary.n_selected)
 
 
-def test_whole_run_sigkilled_then_restarted_resumes_without_duplicates(small_field, checkpoint, client, tmp_path):
-    """The whole run (client and cluster) is SIGKILLed by a scheduler preload at its first finished partition."""
+@pytest.mark.parametrize("staged", [False, True])
+def test_whole_run_sigkilled_then_restarted_resumes_without_duplicates(small_field, checkpoint, client, tmp_path,
+                                                                       staged):
+    """The whole run (client and cluster) is SIGKILLed by a scheduler preload at its first finished partition;
+    ``staged``: the workers select, and the partitions of the first ID ranges run while the rest is staged."""
     out = tmp_path / "out"
+    staging = ["output.stage_min_rows=0", "catalog.chunk_rows=20"] if staged else []
     command = [
         sys.executable, "-m", "survey_deblend", "run",
         "--catalog", str(small_field.im3shape), "--gold", str(small_field.gold),
@@ -67,7 +71,7 @@ def test_whole_run_sigkilled_then_restarted_resumes_without_duplicates(small_fie
         "--cluster", "local", "--workers", "1", "--no-progress",
         "--set", "output.partition_rows=3", "--set", "cluster.dashboard_address=:0",
         "--set", "model.measure_recon=false",
-        "--set", "cluster.threads_per_worker=1",
+        "--set", "cluster.threads_per_worker=1", *[arg for item in staging for arg in ("--set", item)],
     ]
     env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": repr([str(HERE / "kill_on_first_write.py")])}
     log = (tmp_path / "run.log").open("w")
@@ -86,11 +90,12 @@ def test_whole_run_sigkilled_then_restarted_resumes_without_duplicates(small_fie
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     done_at_kill = _markers(out)
     assert manifest["state"] == "running"
-    assert 1 <= done_at_kill < manifest["n_partitions"]
 
-    config = run_config(small_field, checkpoint, out, "output.partition_rows=3", "model.measure_recon=false")
+    config = run_config(small_field, checkpoint, out, "output.partition_rows=3", "model.measure_recon=false",
+                        *staging)
     summary = run(config, client, stream=io.StringIO())
-    assert summary.n_resumed == done_at_kill
+    assert 1 <= done_at_kill < summary.n_partitions
+    assert summary.n_resumed == done_at_kill  # the same partitions planned again (staged or not), the done skipped
     assert summary.run_id == manifest["run_id"]
     frame = _assert_complete(out, summary.n_selected)
     assert set(frame["run_id"]) == {manifest["run_id"]}

@@ -24,6 +24,7 @@ def test_scale_benchmark_prints_the_issue_keys_and_a_bounded_scheduler(tmp_path)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [line["n_rows"] for line in lines] == [5000, 20000]  # the last line is the largest size
     assert [line["staged"] for line in lines] == [False, True]  # the client selects 5000 rows, the workers 20000
+    assert lines[1]["streamed"]  # the synthetic catalogs are sorted by ID: partitions planned per group of ranges
     for line in lines:
         assert KEYS <= set(line) and "trivial" in line["inference"]
         assert line["scheduler_peak_tasks"] < line["n_partitions"]  # a window, not every partition
