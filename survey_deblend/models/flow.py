@@ -35,6 +35,8 @@ import torch
 import zuko
 from torch import nn
 
+from survey_deblend.models.spline import use_fast_splines
+
 __all__ = ["SUMMARY_COLUMNS", "FlowArchitecture", "FlowHead", "conformal_to_shear", "coverage_figures",
            "seeded_normals", "shear_to_conformal"]
 
@@ -149,6 +151,7 @@ class FlowHead(nn.Module):
         self.flow_e = zuko.flows.NSF(2, arch.context_dim, transforms=arch.transforms, **kwargs)
         self.flow_e.transform = self.flow_e.transform.inv  # inverse autoregressive: one pass per sample
         self.flow_z = zuko.flows.NSF(1, arch.context_dim, transforms=arch.z_transforms, **kwargs)
+        use_fast_splines(self)  # zuko's splines with bins-first knots: same values, the softmax ~10x cheaper
         # standardization of (eta1, eta2, log z); set from the training labels by ``set_standardization``
         self.register_buffer("loc", torch.zeros(3))
         self.register_buffer("scale", torch.ones(3))
