@@ -21,6 +21,7 @@ from conftest import run_config
 from slurm_site import REPO, controller_problem, default_partition, jobs_named, sbatch, wait_for_job, write_site_file
 
 from survey_deblend.pipeline import MANIFEST_NAME, run
+from survey_deblend.schema import RESPONSE_COLUMNS
 
 pytestmark = pytest.mark.slurm
 PARTITION_ROWS = 25
@@ -50,8 +51,14 @@ def _read(out: Path) -> pd.DataFrame:
 
 
 def _assert_equal(frame: pd.DataFrame, reference: pd.DataFrame, columns: list[str] | None = None) -> None:
+    """Equal to float32 precision. The responses are finite differences over 2 delta = 0.02 of float32 shapes, so
+    a worker with another thread count (another summation order) moves them by ~50x the shapes' rounding: an
+    absolute 1e-6 (the untrained test network's R is ~1e-3)."""
     columns = columns or [c for c in reference.columns if c != "run_id"]
-    pd.testing.assert_frame_equal(frame[columns], reference[columns], rtol=1e-6)
+    response = [c for c in columns if c in RESPONSE_COLUMNS]
+    others = [c for c in columns if c not in RESPONSE_COLUMNS]
+    pd.testing.assert_frame_equal(frame[others], reference[others], rtol=1e-6)
+    pd.testing.assert_frame_equal(frame[response], reference[response], rtol=1e-6, atol=1e-6)
 
 
 def _run_args(field, checkpoint, out: Path, site: Path, *extra: str) -> list[str]:
