@@ -43,6 +43,7 @@ def throughput(predictor, images: np.ndarray, repeats: int = 3, margin: int = 0)
     the model's stamp."""
     from survey_deblend.calibration import PSFModel, border_noise_sigma, metacal_images, metacal_response
     from survey_deblend.calibration.psf import sim_psf_model
+    from survey_deblend.cutouts.base import crop_margin
 
     n = len(images)
     psf = sim_psf_model("LSST", BANDS, n)
@@ -55,8 +56,7 @@ def throughput(predictor, images: np.ndarray, repeats: int = 3, margin: int = 0)
         return frame["e1_pred"].to_numpy(), frame["e2_pred"].to_numpy()
 
     sigma = border_noise_sigma(images)
-    core = images[..., margin : images.shape[-1] - margin, margin : images.shape[-1] - margin]
-    five = np.ascontiguousarray(np.concatenate([core] * 5))
+    five = np.ascontiguousarray(np.concatenate([crop_margin(images, margin)] * 5))
     steps = {
         "noise_sigma": lambda: border_noise_sigma(images),
         "images_sim_psf": lambda: metacal_images(images, psf, 0.2, sigma, order=2),

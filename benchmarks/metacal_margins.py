@@ -28,7 +28,6 @@ HERE = Path(__file__).resolve().parent
 
 def measure_shard(work: Path, seed: int, n: int, shear: float, pads: list[int], shapes) -> Path:
     """Simulate one shard, measure every pad, keep ``(6, n, 2)`` shapes per pad (five images + the turn)."""
-    sys.path.insert(0, str(HERE))
     import metacal_shards as ms
 
     from survey_deblend.calibration import border_noise_sigma, metacal_response
@@ -66,17 +65,13 @@ def measure_shard(work: Path, seed: int, n: int, shear: float, pads: list[int], 
 
 def figures(paths: list[Path], pads: list[int]) -> dict[str, object]:
     """m1, m2 per pad and each pad minus the widest, on the stamps of every shard in ``paths``."""
+    import metacal_shards as ms
+
     from survey_deblend.calibration import paired_bias_difference, paired_shear_bias
-    from survey_deblend.calibration.response import response_matrix, symmetrized
 
     parts = [dict(np.load(p)) for p in paths]
     res = {k: np.concatenate([p[k] for p in parts], axis=1 if k.startswith("pad") else 0) for k in parts[0]}
-    est = {}
-    for p in pads:
-        turned = np.full((5, *res[f"pad{p}"].shape[1:]), np.nan)
-        turned[0] = res[f"pad{p}"][5]
-        e = symmetrized(res[f"pad{p}"][:5], turned, "noshear")
-        est[p] = (e[0], response_matrix(e))
+    est = {p: ms.noshear_symmetrized(res[f"pad{p}"]) for p in pads}
     widest = max(pads)
     line: dict[str, object] = {"benchmark": "metacal_margins", "n_shards": len(parts), "n_stamps": len(res["pair"])}
     for p in pads:
@@ -100,6 +95,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one shard of 800 stamps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(HERE))  # metacal_shards
     from survey_deblend.inference import Predictor
 
     predictor = Predictor.from_checkpoint(None, device="cpu")

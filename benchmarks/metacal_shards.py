@@ -91,6 +91,7 @@ def measure(ds, idx: np.ndarray, shapes: Shapes, seed: int, chunk: int, turn_all
     its five shapes and the turned noshear one in ``crop_first`` (6, n, 2), on the same stamps and noise."""
     from survey_deblend.calibration import border_noise_sigma, metacal_response
     from survey_deblend.calibration.psf import sim_psf_model
+    from survey_deblend.cutouts.base import crop_margin
 
     n = len(idx)
     pair = ds.read("pair_id", idx).astype(np.int64)
@@ -108,18 +109,18 @@ def measure(ds, idx: np.ndarray, shapes: Shapes, seed: int, chunk: int, turn_all
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
         blend = ds.read("blend", idx[sl])
-        core = np.ascontiguousarray(blend[..., margin : blend.shape[-1] - margin, margin : blend.shape[-1] - margin])
+        core = np.ascontiguousarray(crop_margin(blend, margin))
+        psf = sim_psf_model("LSST", BANDS, len(blend))
         if raw:
             out["e_raw"][sl] = np.stack(shapes(core, np.ones((len(blend), len(BANDS)), bool)), 1)
         sigma = border_noise_sigma(blend)
         noise = pair_noise(pair[sl], idx[sl] % 2, sigma, seed, blend.shape[-1])
-        res = metacal_response(blend, sim_psf_model("LSST", BANDS, len(blend)), 0.2, shapes, noise_sigma=sigma,
+        res = metacal_response(blend, psf, 0.2, shapes, noise_sigma=sigma,
                                noise=noise, symmetrize="all" if turn_all else "noshear", margin=margin)  # fmt: skip
         out["sheared"][:, sl], out["rotated"][:, sl] = res.sheared, res.rotated
         if crop_first and margin:
-            inner = (..., slice(margin, blend.shape[-1] - margin), slice(margin, blend.shape[-1] - margin))
-            first = metacal_response(core, sim_psf_model("LSST", BANDS, len(blend)), 0.2, shapes, noise_sigma=sigma,
-                                     noise=np.ascontiguousarray(noise[inner]), symmetrize="noshear")  # fmt: skip
+            first = metacal_response(core, psf, 0.2, shapes, noise_sigma=sigma,
+                                     noise=np.ascontiguousarray(crop_margin(noise, margin)), symmetrize="noshear")
             out["crop_first"][:5, sl], out["crop_first"][5, sl] = first.sheared, first.rotated[0]
     return out
 
@@ -220,16 +221,23 @@ def scene_scatter(res: dict[str, np.ndarray], e: np.ndarray, R: np.ndarray) -> d
             "corr": float(np.corrcoef(de, r11)[0, 1]) if np.std(r11) > 0 else float("nan")}  # fmt: skip
 
 
+def noshear_symmetrized(six: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(e, R)`` of the symmetrized estimator from ``(6, n, 2)`` shapes: the five images, then the turned
+    noshear one (how ``crop_first`` and ``metacal_margins`` keep them)."""
+    from survey_deblend.calibration.response import response_matrix, symmetrized
+
+    turned = np.full((5, *six.shape[1:]), np.nan)
+    turned[0] = six[5]
+    est = symmetrized(six[:5], turned, "noshear")
+    return est[0], response_matrix(est)
+
+
 def crop_first_figures(res: dict[str, np.ndarray]) -> dict[str, float]:
     """m of metacal on the model's stamp alone (cut first, no margin; symmetrized) on the stamps that have it,
     and the margin's estimator minus it on the same stamps (``dm1``: what the margin changes, with its error)."""
     from survey_deblend.calibration import paired_bias_difference, paired_shear_bias
-    from survey_deblend.calibration.response import response_matrix, symmetrized
 
-    turned = np.full((5, *res["crop_first"].shape[1:]), np.nan)
-    turned[0] = res["crop_first"][5]
-    est = symmetrized(res["crop_first"][:5], turned, "noshear")
-    e_first, r_first = est[0], response_matrix(est)
+    e_first, r_first = noshear_symmetrized(res["crop_first"])
     e_margin, r_margin = variant_estimates(res)["sym_noshear"]
     d = paired_shear_bias(e_first, res["g"], res["pair"], r_first)
     diff = paired_bias_difference(e_margin, r_margin, e_first, r_first, res["g"], res["pair"])

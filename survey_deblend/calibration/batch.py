@@ -63,17 +63,15 @@ def calibrate_batch(
     todo = np.flatnonzero(np.asarray(batch.usable) & psf_ok)
     k_types = len(SHEAR_TYPES) + int(symmetrize)  # the turned noshear image after the five
     chunk = max(1, int(chunk or predictor.batch_size // k_types))
-    size, margin = batch.stamp_size, int(getattr(batch, "margin_pix", 0))
+    size = batch.stamp_size
     for start in range(0, len(todo), chunk):
         rows = todo[start : start + chunk]
         mask = batch.band_mask[rows]
         noise = seeded_noise(ids[rows], batch_noise_sigma(batch, rows), size, seed=FIXNOISE_SEED)
         images = metacal_images(
             batch.images[rows], model.subset(rows), batch.pixel_scale_arcsec, noise=noise, delta=delta,
-            order=ORDER, device=predictor.device,
+            order=ORDER, device=predictor.device, margin=batch.margin_pix,
         )  # fmt: skip
-        if margin:
-            images = images[..., margin:-margin, margin:-margin]
         if symmetrize:
             images = torch.cat([images, torch.rot90(images[:1], 1, dims=(-2, -1))])
         stack = images.reshape(k_types * len(rows), *images.shape[2:]).cpu().numpy()

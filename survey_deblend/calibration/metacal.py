@@ -200,6 +200,7 @@ def metacal_images(
     order: int = 1,
     device: str | torch.device | None = None,
     chunk: int = 32,
+    margin: int = 0,
 ) -> torch.Tensor:
     """The five metacalibration images of ``images`` ``(N, B, S, S)`` (S odd): ``(5, N, B, S, S)`` float32 on
     ``device`` (default: the input tensor's, else CPU), in the order of ``SHEAR_TYPES``.
@@ -208,7 +209,10 @@ def metacal_images(
     a noise field is added: ``noise`` (N, B, S, S) as given, else Gaussian of ``noise_sigma`` (N, B) drawn
     from ``seed``. ``order``: of the shear's Taylor expansion (1 makes the response exact and the sheared
     images agree with GalSim to ~1e-4 of the peak; 2 to ~5e-5). Stamps with an unusable PSF come out with a
-    harmless round PSF's images (the caller marks them). A band that is all zero with zero noise stays zero."""
+    harmless round PSF's images (the caller marks them). A band that is all zero with zero noise stays zero.
+    ``margin``: the stamps are cut that many pixels wider on every side than the model's stamp; the images are made
+    from the whole cut and returned cropped to the model's stamp (as ``CutoutBatch.core``; calibration does not
+    import the cutout stage): a stamp sheared on its own is wrong at its edges."""
     if device is None:
         device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
@@ -230,7 +234,10 @@ def metacal_images(
     kernels = _kernels(grid, terms, table, flip=False)  # (5, P, M, M//2+1)
     nkernels = _kernels(grid, terms, table, flip=True) if fixnoise else None
     gen = torch.Generator(device=device).manual_seed(int(seed)) if fixnoise and noise is None else None
-    out = torch.empty((len(SHEAR_TYPES), n, b, s, s), dtype=torch.float32, device=device)
+    if not 0 <= 2 * margin < s:
+        raise InputError(f"metacal: margin {margin} does not fit stamps of {s} pixels")
+    core = s - 2 * margin
+    out = torch.empty((len(SHEAR_TYPES), n, b, core, core), dtype=torch.float32, device=device)
     with torch.inference_mode():
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
@@ -255,5 +262,5 @@ def metacal_images(
                     spec = _sheared(ft, grid, k) * kernels[k][idx]
                 spectra.append(spec)
             img = torch.fft.irfft2(torch.stack(spectra), s=(grid.n_fft, grid.n_fft))
-            out[:, sl] = img[..., :s, :s]
+            out[:, sl] = img[..., margin : s - margin, margin : s - margin]
     return out

@@ -121,11 +121,9 @@ def metacal_response(
         sl = slice(start, min(start + batch, n))
         mc = metacal_images(
             images[sl], psf.subset(sl), pixel_scale, noise_sigma[sl], delta=delta, fixnoise=fixnoise,
-            seed=seed + start, noise=None if noise is None else noise[sl], order=order, device=device,
+            seed=seed + start, noise=None if noise is None else noise[sl], order=order, device=device, margin=margin,
         )  # fmt: skip
         k = sl.stop - sl.start
-        if margin:
-            mc = mc[..., margin:-margin, margin:-margin]
         if n_turn:  # the turned images after the five, in the same call (one network pass)
             mc = torch.cat([mc, torch.rot90(mc[:n_turn], 1, dims=(-2, -1))])
         stack = mc.reshape(len(mc) * k, *mc.shape[2:]).cpu().numpy()

@@ -19,6 +19,15 @@ from survey_deblend.surveys import PhotometricFrame
 STATUS_WIDTH = 24  # characters of the status array's dtype
 
 
+def crop_margin(images, margin: int):
+    """The central part of stamps ``(..., S, S)`` (an array or a tensor, as a view) without ``margin`` pixels on
+    every side: the model's stamp of a cut made wider for metacalibration (``CutoutBatch.margin_pix``)."""
+    if margin == 0:
+        return images
+    s = images.shape[-1]
+    return images[..., margin : s - margin, margin : s - margin]
+
+
 @dataclass
 class CutoutBatch:
     """Stamps for N rows: ``images`` (N, B, S, S) float32, ``band_mask`` (N, B) bool, ``status`` (N,) str,
@@ -64,10 +73,9 @@ class CutoutBatch:
     def core(self) -> CutoutBatch:
         """The model's stamps: the central ``stamp_size - 2 margin_pix`` pixels, every other array shared
         with this batch. Itself when there is no margin."""
-        m = self.margin_pix
-        if m == 0:
+        if self.margin_pix == 0:
             return self
-        images = np.ascontiguousarray(self.images[..., m:-m, m:-m])
+        images = np.ascontiguousarray(crop_margin(self.images, self.margin_pix))
         return CutoutBatch(images, self.band_mask, self.status, self.frame, self.failed_bands, self.noise_sigma)
 
     def __len__(self) -> int:

@@ -240,6 +240,15 @@ class FlowHead(nn.Module):
         return 0.5 * (1.0 + torch.erf(base / math.sqrt(2.0)))
 
     # -- per-galaxy outputs -------------------------------------------------------------------------------------
+    def _contexts(self, latent: np.ndarray, band_mask: np.ndarray, batch_size: int):
+        """``(slice, context)`` per batch of ``batch_size`` galaxies, on the head's device."""
+        device = self.loc.device
+        for start in range(0, len(latent), batch_size):
+            sl = slice(start, start + batch_size)
+            lat = torch.as_tensor(np.asarray(latent[sl]), dtype=torch.float32, device=device)
+            msk = torch.as_tensor(np.asarray(band_mask[sl]), dtype=torch.float32, device=device)
+            yield sl, self.context(lat, msk)
+
     @torch.inference_mode()
     def summarize(self, latent: np.ndarray, band_mask: np.ndarray, seeds: np.ndarray, batch_size: int = 2048,
                   n_samples: int | None = None) -> dict[str, np.ndarray]:
@@ -263,13 +272,9 @@ class FlowHead(nn.Module):
         own = torch.as_tensor(seeded_normals(seeds, 2), dtype=torch.float32)
         temp = float(self.arch.e_temperature)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in SUMMARY_COLUMNS}
-        for start in range(0, len(latent), batch_size):
-            sl = slice(start, start + batch_size)
-            lat = torch.as_tensor(np.asarray(latent[sl]), dtype=torch.float32, device=device)
-            msk = torch.as_tensor(np.asarray(band_mask[sl]), dtype=torch.float32, device=device)
-            ctx = self.context(lat, msk)
+        for sl, ctx in self._contexts(latent, band_mask, batch_size):
             mine_eps = own[None, sl].to(device) if temp == 1.0 else own[None, sl].to(device) * temp
-            eps = torch.cat([base[:, None, :].expand(-1, len(lat), 2), mine_eps], 0)
+            eps = torch.cat([base[:, None, :].expand(-1, len(ctx), 2), mine_eps], 0)
             e = self.sample_e(eps, ctx).double()  # (K + 1, N, 2): K untempered draws and the (tempered) own draw
             draws, mine = e[:-1], e[-1]
             mean = draws.mean(dim=0)  # the untempered mean: calibration leaves e1_pred, e2_pred untouched
@@ -289,13 +294,9 @@ class FlowHead(nn.Module):
         """``(N, 2)`` float64: ``summarize``'s ``e1_pred, e2_pred`` alone (the untempered mean over the same K Sobol
         points), without the draw, the spread and z: what metacalibration's five images need, at ~half the cost."""
         self.eval()
-        device = self.loc.device
         out = []
-        for start in range(0, len(latent), batch_size):
-            sl = slice(start, start + batch_size)
-            lat = torch.as_tensor(np.asarray(latent[sl]), dtype=torch.float32, device=device)
-            msk = torch.as_tensor(np.asarray(band_mask[sl]), dtype=torch.float32, device=device)
-            draws = self.sample_e(self.base_points[:, None, :], self.context(lat, msk)).double()
+        for _, ctx in self._contexts(latent, band_mask, batch_size):
+            draws = self.sample_e(self.base_points[:, None, :], ctx).double()
             out.append(draws.mean(dim=0).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2))
 

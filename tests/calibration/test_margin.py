@@ -16,7 +16,7 @@ import pytest
 from survey_deblend.calibration import PSFModel, metacal_images, metacal_shears
 from survey_deblend.calibration.batch import calibrate_batch
 from survey_deblend.config.run import ModelConfig
-from survey_deblend.cutouts.base import CutoutBatch
+from survey_deblend.cutouts.base import CutoutBatch, crop_margin
 from survey_deblend.inference import Predictor
 from survey_deblend.pipeline.tasks import margin_pixels
 from survey_deblend.surveys import DES_BANDS, stamp_frame
@@ -34,10 +34,6 @@ def _scene() -> galsim.GSObject:
     return central + neighbour
 
 
-def _crop(image: np.ndarray, pad: int) -> np.ndarray:
-    return image[..., pad : image.shape[-1] - pad, pad : image.shape[-1] - pad]
-
-
 @pytest.fixture(scope="module")
 def truth() -> np.ndarray:
     """(5, S, S): the scene sheared by each metacal shear, seen through the dilated target PSF and the pixel."""
@@ -52,7 +48,7 @@ def _metacal(pad: int) -> np.ndarray:
     size = S + 2 * pad
     image = galsim.Convolve(_scene(), PSF.galsim_psf(0, 0), gsparams=GSP).drawImage(nx=size, ny=size, scale=SCALE)
     out = metacal_images(image.array[None, None].astype(np.float32), PSF, SCALE, fixnoise=False, order=2)
-    return _crop(out[:, 0, 0].numpy(), pad)
+    return crop_margin(out[:, 0, 0].numpy(), pad)
 
 
 def test_a_margin_makes_the_sheared_images_those_of_the_sheared_scene(truth):
@@ -116,7 +112,7 @@ def test_calibrate_batch_shears_the_whole_cut_and_the_model_reads_the_core(des_b
     # by hand: the five images of the whole cut (same fixnoise field), cropped, through predict_e
     noise = seeded_noise(ids, batch_noise_sigma(batch, np.arange(3)), batch.stamp_size)
     psf = im3shape_psf_model(*psf_columns.T, bands=batch.bands)
-    five = _crop(metacal_images(batch.images, psf, batch.pixel_scale_arcsec, noise=noise, order=2).numpy(), 7)
+    five = crop_margin(metacal_images(batch.images, psf, batch.pixel_scale_arcsec, noise=noise, order=2).numpy(), 7)
     e = [predictor.predict_e(np.ascontiguousarray(five[k]), batch.frame, batch.band_mask) for k in range(5)]
     np.testing.assert_allclose(cal[["e1_mcal", "e2_mcal"]], e[0], atol=1e-5)
     np.testing.assert_allclose(cal["r11"], (e[1][:, 0] - e[2][:, 0]) / (2 * DELTA), atol=1e-3)
